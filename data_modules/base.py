@@ -1,0 +1,416 @@
+"""Shared base of the image-text DataModules: records, validation, decoding, batching.
+
+A dataset subclass only says how to read one split's records (`read_split`) and what its classes
+are; everything else lives here, once:
+
+- **Validation at setup** (cheap, every record): id is a non-empty unique string, label is known,
+  the image path resolves inside the dataset root (`../`, absolute paths and symlinks out of the
+  root are refused), the file exists, and its header parses. For JPEGs the last KiB must hold the
+  end-of-image marker, which catches truncated files without decoding them (entropy-coded data
+  cannot contain `FF D9`). `verify_images="decode"` decodes every image at setup instead (exact,
+  but slow on large datasets).
+- **Safety net at load time**: an image that passed setup but fails to decode in `__getitem__`
+  (rare: corrupt entropy data) is dropped from its batch with `on_bad_sample="skip"` and logged
+  with its id from the worker; with `"error"` it raises. A batch may therefore hold fewer samples
+  than `batch_size`, in the extreme zero (`image` of shape `(0, 3, S, S)`).
+- **Policy**: `on_bad_sample="skip"` drops bad samples and keeps `(split, id, reason)` in
+  `bad_samples` (summary warning per split, `write_bad_sample_report(path)` for the full list);
+  `"error"` raises `BadSampleError` with one line at the first bad sample.
+
+Batch dict (DESIGN.md section 2), `B` samples, `S = image_size`, `C = num_classes`:
+    image          uint8 `(B, 3, S, S)`, RGB, shorter side resized to S (bicubic), centre crop
+    text           list[str] of length B ("" when a sample has no text)
+    label          float32 `(B, C)` multi-hot (multilabel) or int64 `(B,)` (multiclass)
+    id             list[str], stable sample ids
+    image_present  bool `(B,)`, True from the reader (perturbation callbacks edit it)
+    text_present   bool `(B,)`, True from the reader
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+Task = Literal["multilabel", "multiclass"]
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                 "predict": ("test",), None: SPLITS}
+_JPEG_TAIL = 1024  # bytes searched for the end-of-image marker
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@dataclass
+class SampleRecord:
+    """One sample as read from disk, before decoding.
+
+    `label` is a list of class indices (multilabel) or one class index (multiclass).
+    `image_path=None` means the sample has no image (decoded as zeros, `image_present=False`).
+    """
+
+    id: str
+    image_path: Path | None
+    text: str
+    label: list[int] | int
+
+
+class Rejected(NamedTuple):
+    """A sample a reader refused, with the reason ("kind: detail")."""
+
+    id: str
+    reason: str
+
+
+class BadSample(NamedTuple):
+    """A dropped sample as reported by the DataModule."""
+
+    split: str
+    id: str
+    reason: str
+
+
+class SampleRejected(Exception):
+    """Raised by reader helpers; readers turn it into a `Rejected` item."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadSampleError(ValueError):
+    """A bad sample met with `on_bad_sample="error"`."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset root or one of its required files is missing."""
+
+
+def load_image(path: Path, size: int) -> Tensor:
+    """Decode `path` to RGB, resize the shorter side to `size` (bicubic), centre-crop.
+
+    Returns uint8 `(3, size, size)`. Raises OSError (or another `_IMAGE_ERRORS`) on bad files.
+    """
+    with Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
+        img = img.convert("RGB")
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) / 2, (h - side) / 2
+        # Resizing the centred square is resize-shorter-side-then-crop in one resampling pass.
+        img = img.resize((size, size), Image.Resampling.BICUBIC,
+                         box=(left, top, left + side, top + side))
+        array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, S, S)
+
+
+def probe_image(path: Path) -> str | None:
+    """Cheap image check: header parses; JPEGs end with the end-of-image marker.
+
+    Returns None when fine, else a reason ("unreadable image: ...").
+    """
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+        if fmt == "JPEG":
+            with open(path, "rb") as fh:
+                fh.seek(max(0, path.stat().st_size - _JPEG_TAIL))
+                if b"\xff\xd9" not in fh.read():
+                    return "unreadable image: truncated JPEG (no end-of-image marker)"
+    except _IMAGE_ERRORS as err:
+        return f"unreadable image: {_one_line(err)}"
+    return None
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack sample dicts into the batch dict of the module docstring.
+
+    Samples whose image failed to decode (key `bad_reason` set) are dropped here.
+    """
+    keep = [s for s in samples if s["bad_reason"] is None]
+    rows = keep or samples[:1]  # all dropped: stack one and slice to an empty batch
+    n = len(keep)
+    return {
+        "image": torch.stack([s["image"] for s in rows])[:n],
+        "text": [s["text"] for s in keep],
+        "label": torch.stack([s["label"] for s in rows])[:n],
+        "id": [s["id"] for s in keep],
+        "image_present": torch.tensor([s["image_present"] for s in rows], dtype=torch.bool)[:n],
+        "text_present": torch.tensor([s["text_present"] for s in rows], dtype=torch.bool)[:n],
+    }
+
+
+class ImageTextDataset(Dataset):
+    """Validated records of one split; `__getitem__` decodes one sample.
+
+    Sample dict: `image` uint8 `(3, S, S)`, `text` str, `label` float32 `(C,)` multi-hot or int64
+    `()`, `id` str, `image_present` / `text_present` bool, `bad_reason` (None unless decoding
+    failed; `collate_samples` drops such samples).
+    """
+
+    def __init__(self, records: list[SampleRecord], *, split: str, task: Task, num_classes: int,
+                 image_size: int, on_bad_sample: Literal["skip", "error"]) -> None:
+        self.records = records
+        self.split = split
+        self.task = task
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.on_bad_sample = on_bad_sample
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        s = self.image_size
+        bad_reason = None
+        image = torch.zeros(3, s, s, dtype=torch.uint8)
+        if rec.image_path is not None:
+            try:
+                image = load_image(rec.image_path, s)
+            except _IMAGE_ERRORS as err:
+                bad_reason = f"unreadable image: {_one_line(err)}"
+                if self.on_bad_sample == "error":
+                    raise BadSampleError(f"{self.split} sample {rec.id!r}: {bad_reason}") from err
+                log.warning("%s sample %r dropped from its batch: %s", self.split, rec.id,
+                            bad_reason)
+        if self.task == "multilabel":
+            label = torch.zeros(self.num_classes, dtype=torch.float32)  # (C,)
+            label[torch.tensor(rec.label, dtype=torch.int64)] = 1.0
+        else:
+            label = torch.tensor(rec.label, dtype=torch.int64)  # ()
+        return {"image": image, "text": rec.text, "label": label, "id": rec.id,
+                "image_present": rec.image_path is not None, "text_present": True,
+                "bad_reason": bad_reason}
+
+
+class ImageTextDataModule(L.LightningDataModule):
+    """Base DataModule for image-text classification; subclasses implement `read_split`.
+
+    Args:
+        root: dataset folder, as distributed (see DATASETS.md). Nothing is downloaded.
+        image_size: side `S` of the square uint8 images (the image encoder's input size).
+        batch_size: training batch size.
+        eval_batch_size: val/test/predict batch size (default: `batch_size`).
+        num_workers: DataLoader worker processes (persistent when > 0).
+        on_bad_sample: "skip" drops and reports bad samples, "error" raises at the first.
+        seed: seed of the training shuffle.
+        limit_samples: keep at most this many valid samples per split, in file order (smoke runs;
+            reading stops there, so later bad samples are not reported).
+        verify_images: "header" (cheap checks at setup, see module docstring) or "decode"
+            (decode every image at setup).
+    """
+
+    dataset_name: ClassVar[str] = "dataset"
+    accepted_layouts: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+
+    def __init__(self, *, root: str, image_size: int = 224, batch_size: int = 32,
+                 eval_batch_size: int | None = None, num_workers: int = 0,
+                 on_bad_sample: Literal["skip", "error"] = "skip", seed: int = 0,
+                 limit_samples: int | None = None,
+                 verify_images: Literal["header", "decode"] = "header") -> None:
+        super().__init__()
+        if on_bad_sample not in ("skip", "error"):
+            raise ValueError(f"on_bad_sample must be 'skip' or 'error', got {on_bad_sample!r}")
+        if verify_images not in ("header", "decode"):
+            raise ValueError(f"verify_images must be 'header' or 'decode', got {verify_images!r}")
+        for name, value in (("image_size", image_size), ("batch_size", batch_size),
+                            ("eval_batch_size", eval_batch_size),
+                            ("limit_samples", limit_samples)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.on_bad_sample = on_bad_sample
+        self.seed = seed
+        self.limit_samples = limit_samples
+        self.verify_images = verify_images
+        self.bad_samples: list[BadSample] = []
+        self._datasets: dict[str, ImageTextDataset] = {}
+
+    # ---- what a subclass provides ----------------------------------------------------------
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label-index order."""
+        raise NotImplementedError
+
+    @property
+    def task(self) -> Task:
+        raise NotImplementedError
+
+    def read_split(self, split: str) -> Iterable[SampleRecord | Rejected]:
+        """Yield the records of `split` ("train", "val" or "test") in a stable order.
+
+        Yield `Rejected(id, "kind: detail")` for samples the reader itself refuses (malformed
+        file, unknown label, ...); image checks are done by the base. Raise
+        `self.not_found(...)` when a required file is missing.
+        """
+        raise NotImplementedError
+
+    # ---- helpers for subclasses ------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def inside_root(self, path: Path) -> Path:
+        """Return `path` if it resolves (symlinks followed) inside the root, else raise
+        `SampleRejected("outside dataset root: ...")`."""
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise SampleRejected(f"outside dataset root: {path}")
+        return path
+
+    def not_found(self, missing: Path, what: str) -> DatasetNotFoundError:
+        """The error for a missing required file or folder (raise it)."""
+        return DatasetNotFoundError(
+            f"{self.dataset_name}: {what} not found; looked for {missing}. "
+            f"Accepted layouts: {self.accepted_layouts}. "
+            f"Obtain the dataset from {self.source} (it is never downloaded automatically)."
+        )
+
+    # ---- Lightning hooks ---------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in _STAGE_SPLITS[stage]:
+            self.dataset(split)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return self._loader("train", self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    # ---- datasets and reports ----------------------------------------------------------------
+
+    def dataset(self, split: str) -> ImageTextDataset:
+        """The validated dataset of `split`, built (and its bad samples reported) on first use."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if split not in self._datasets:
+            self._datasets[split] = self._build(split)
+        return self._datasets[split]
+
+    def write_bad_sample_report(self, path: str | Path) -> None:
+        """Write the dropped samples as JSON: `{"dataset", "counts": {split: n}, "samples":
+        [{"split", "id", "reason"}, ...]}`."""
+        report = {
+            "dataset": self.dataset_name,
+            "root": str(self.root),
+            "counts": dict(Counter(b.split for b in self.bad_samples)),
+            "samples": [b._asdict() for b in self.bad_samples],
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+
+    def _loader(self, split: str, batch_size: int, *, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=batch_size, shuffle=shuffle,
+                          generator=generator, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, collate_fn=collate_samples,
+                          pin_memory=torch.cuda.is_available())
+
+    def _build(self, split: str) -> ImageTextDataset:
+        records: list[SampleRecord] = []
+        seen: set[str] = set()
+        image_reasons: dict[Path, str | None] = {}  # images shared by several samples: check once
+        n_bad = len(self.bad_samples)
+        for item in self.read_split(split):
+            if isinstance(item, Rejected):
+                self._reject(split, item.id, item.reason)
+                continue
+            reason = self._check(item, seen, image_reasons)
+            if reason is not None:
+                self._reject(split, item.id, reason)
+                continue
+            seen.add(item.id)
+            records.append(item)
+            if self.limit_samples is not None and len(records) >= self.limit_samples:
+                break
+        dropped = self.bad_samples[n_bad:]
+        if dropped:
+            kinds = Counter(b.reason.split(":")[0] for b in dropped)
+            rank_zero_warn(
+                f"{self.dataset_name} {split}: dropped {len(dropped)} bad sample(s) "
+                f"({', '.join(f'{k}: {n}' for k, n in kinds.most_common())}), kept "
+                f"{len(records)}; ids and reasons in .bad_samples / write_bad_sample_report()"
+            )
+        log.info("%s %s: %d samples", self.dataset_name, split, len(records))
+        return ImageTextDataset(records, split=split, task=self.task,
+                                num_classes=self.num_classes, image_size=self.image_size,
+                                on_bad_sample=self.on_bad_sample)
+
+    def _check(self, rec: SampleRecord, seen: set[str],
+               image_reasons: dict[Path, str | None]) -> str | None:
+        """Reason why `rec` is bad, or None."""
+        if not isinstance(rec.id, str) or not rec.id:
+            return f"invalid id: {rec.id!r}"
+        if rec.id in seen:
+            return "duplicate id: already read in this split"
+        if not isinstance(rec.text, str):
+            return f"invalid text: {type(rec.text).__name__}"
+        labels = rec.label if self.task == "multilabel" else [rec.label]
+        if not isinstance(labels, list) or not all(
+                isinstance(c, int) and 0 <= c < self.num_classes for c in labels):
+            return f"unknown label: {rec.label!r}"
+        if rec.image_path is None:
+            return None
+        path = rec.image_path
+        if path not in image_reasons:
+            image_reasons[path] = self._check_image(path)
+        return image_reasons[path]
+
+    def _check_image(self, path: Path) -> str | None:
+        try:
+            self.inside_root(path)
+        except SampleRejected as err:
+            return err.reason
+        if not path.is_file():
+            return f"missing image: {path}"
+        if self.verify_images == "header":
+            return probe_image(path)
+        try:
+            load_image(path, self.image_size)
+        except _IMAGE_ERRORS as err:
+            return f"unreadable image: {_one_line(err)}"
+        return None
+
+    def _reject(self, split: str, sample_id: str, reason: str) -> None:
+        reason = _one_line(reason)
+        if self.on_bad_sample == "error":
+            raise BadSampleError(
+                f"{self.dataset_name} {split} sample {sample_id!r}: {reason} "
+                f"(on_bad_sample='skip' drops such samples and reports them)"
+            )
+        self.bad_samples.append(BadSample(split, str(sample_id), reason))
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())

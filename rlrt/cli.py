@@ -1,0 +1,61 @@
+"""The `rlrt` command: a LightningCLI (`fit`, `validate`, `test`, `predict`) plus `demo`.
+
+Configs compose in order (`--config trainer.yaml --config data.yaml --config model.yaml`); values
+that must agree are typed once and linked: the image size flows from the image encoder to the data
+module, the number of classes, the task type and the class names from the data module to the model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning import LightningDataModule
+from lightning.pytorch.cli import LightningCLI
+
+from rlrt.io import atomic_write_json
+from rlrt.system import RLRT
+
+
+class RLRTCLI(LightningCLI):
+    """LightningCLI for `RLRT` with any `LightningDataModule` by `class_path`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("model_class", RLRT)
+        kwargs.setdefault("datamodule_class", LightningDataModule)
+        kwargs.setdefault("subclass_mode_data", True)
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments(
+            "model.image_encoder.init_args.image_size", "data.init_args.image_size"
+        )
+        for name in ("num_classes", "task", "class_names"):
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def after_test(self) -> None:
+        """Write the test metrics to `metrics.json` in the run directory (beside config.yaml)."""
+        metrics = {
+            key: float(value)
+            for key, value in self.trainer.callback_metrics.items()
+            if key.startswith("test/")
+        }
+        self.test_metrics = metrics
+        log_dir = self.trainer.log_dir
+        if log_dir is not None and self.trainer.is_global_zero:
+            atomic_write_json(Path(log_dir) / "metrics.json", metrics)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["demo"]:
+        from rlrt.demo import run_demo
+
+        run_demo(argv[1:])
+        return
+    RLRTCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

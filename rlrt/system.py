@@ -1,0 +1,316 @@
+"""The LightningModule: frozen encoders -> MoLT -> (L_CCA, FBP -> fusion -> classifier)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
+
+from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
+from rlrt.features import Features
+from rlrt.losses import CCALoss
+from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
+
+ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")
+
+
+def make_metrics(task: str, num_classes: int) -> MetricCollection:
+    """F1-micro and F1-macro at a 0.5 threshold (multi-label), or accuracy (multi-class)."""
+    if task == "multilabel":
+        return MetricCollection(
+            {
+                "f1_micro": MultilabelF1Score(num_labels=num_classes, average="micro"),
+                "f1_macro": MultilabelF1Score(num_labels=num_classes, average="macro"),
+            }
+        )
+    return MetricCollection({"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")})
+
+
+class RLRT(LightningModule):
+    """Robust latent representation tuning on two frozen encoders.
+
+    For each of the `L_s` tapped layer pairs, MoLT maps both modalities into a common space of
+    width `common_dim` and gives `h_i, h_t (B, d_c)`; `L_CCA` correlates them; FBP turns them into
+    a robust representation `z_l (B, d_c / s)`; the fusion head combines the `z_l` with the
+    encoders' own embeddings into logits. Loss: `L_task + beta * L_CCA`.
+
+    `L_CCA` is computed on the samples that have both modalities (a dummy input's vector says
+    nothing about the pair), and skipped when fewer than two such samples are in the batch.
+
+    Args:
+        image_encoder, text_encoder: the frozen encoders (their weights are never checkpointed;
+            their identity is, and is checked on load).
+        num_classes, task, class_names: from the data module (linked by the CLI).
+        common_dim: `d_c`. num_heads: attention heads in MoLT. fbp_window: `s`.
+        fusion_dim, hidden_dim, num_queries, dropout: the fusion head.
+        cross_attention, bilinear, use_robust, use_image_embedding, use_text_embedding: ablation
+            switches (no cross-attention; concatenation instead of FBP; fusion inputs).
+        beta: weight of `L_CCA`; 0 turns it off. cca_reg: covariance ridge `r`.
+        cca_top_k: use only the top-k canonical correlations.
+        missing_strategy: a missing modality gets the dummy input (`dummy`: all-ones image after
+            normalisation, empty text) or zeroed features (`zero`).
+        lr, weight_decay, warmup_fraction: AdamW on the trainable part, cosine schedule with a
+            linear warm-up over this fraction of the steps.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_encoder: FrozenImageEncoder,
+        text_encoder: FrozenTextEncoder,
+        num_classes: int = 2,
+        task: Literal["multilabel", "multiclass"] = "multiclass",
+        class_names: list[str] | None = None,
+        common_dim: int = 256,
+        num_heads: int = 1,
+        fbp_window: int = 4,
+        fusion_dim: int = 256,
+        hidden_dim: int = 512,
+        num_queries: int = 4,
+        dropout: float = 0.1,
+        cross_attention: bool = True,
+        bilinear: bool = True,
+        use_robust: bool = True,
+        use_image_embedding: bool = True,
+        use_text_embedding: bool = True,
+        beta: float = 0.1,
+        cca_reg: float = 1e-3,
+        cca_top_k: int | None = None,
+        missing_strategy: Literal["dummy", "zero"] = "dummy",
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.05,
+    ) -> None:
+        super().__init__()
+        # hparams hold the encoders' configs, never the modules (their weights), so that
+        # `RLRT.load_from_checkpoint` rebuilds them from config whether or not the CLI built them.
+        self.save_hyperparameters(ignore=["image_encoder", "text_encoder"])
+        self.hparams["image_encoder"] = image_encoder.config
+        self.hparams["text_encoder"] = text_encoder.config
+        self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+        if len(image_encoder.layer_indices) != len(text_encoder.layer_indices):
+            raise ValueError(
+                f"the image encoder taps {len(image_encoder.layer_indices)} layers and the text "
+                f"encoder {len(text_encoder.layer_indices)}: layer pairs need the same count"
+            )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.task = task
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.beta = beta
+        self.missing_strategy = missing_strategy
+        num_layers = len(image_encoder.layer_indices)
+        self.molt = nn.ModuleList(
+            ModalityLatentTranslation(
+                image_dim=image_encoder.width,
+                text_dim=text_encoder.width,
+                common_dim=common_dim,
+                num_heads=num_heads,
+                cross_attention=cross_attention,
+                dropout=dropout,
+            )
+            for _ in range(num_layers)
+        )
+        self.fbp = FactorizedBilinearPooling(window=fbp_window, bilinear=bilinear)
+        self.fusion = FusionHead(
+            num_layers=num_layers,
+            representation_dim=self.fbp.output_dim(common_dim),
+            image_embed_dim=image_encoder.embed_dim,
+            text_embed_dim=text_encoder.embed_dim,
+            num_classes=num_classes,
+            fusion_dim=fusion_dim,
+            hidden_dim=hidden_dim,
+            num_queries=num_queries,
+            use_robust=use_robust,
+            use_image_embedding=use_image_embedding,
+            use_text_embedding=use_text_embedding,
+            dropout=dropout,
+        )
+        self.cca = CCALoss(r=cca_reg, top_k=cca_top_k)
+        metrics = make_metrics(task, num_classes)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    # ---------------------------------------------------------------- encoding and forward
+    def encode(self, batch: dict[str, Any]) -> Features:
+        """Run the frozen encoders on a batch dict, honouring `image_present` / `text_present`."""
+        batch_size = len(batch["text"])
+        device = batch["image"].device
+        image_present = batch.get("image_present", torch.ones(batch_size, dtype=torch.bool))
+        text_present = batch.get("text_present", torch.ones(batch_size, dtype=torch.bool))
+        image_present = image_present.to(device)
+        text_present = text_present.to(device)
+        dummy = self.missing_strategy == "dummy"
+        texts = [
+            t if ok or not dummy else "" for t, ok in zip(batch["text"], text_present.tolist())
+        ]
+        image_tokens, image_mask, image_embedding = self.image_encoder(
+            batch["image"], image_present if dummy else None
+        )
+        text_tokens, text_mask, text_embedding = self.text_encoder(texts)
+        features = Features(
+            image_tokens, image_mask, image_embedding, text_tokens, text_mask, text_embedding
+        )
+        if not dummy:
+            features = features.zero_modality("image", ~image_present)
+            features = features.zero_modality("text", ~text_present)
+        return features
+
+    def forward(self, features: Features) -> tuple[Tensor, Tensor, Tensor]:
+        """Features -> logits `(B, C)`, `h_i` `(L_s, B, d_c)`, `h_t` `(L_s, B, d_c)`."""
+        image_vectors, text_vectors = [], []
+        for layer, molt in enumerate(self.molt):
+            h_i, h_t = molt(
+                features.image_tokens[layer],
+                features.image_mask,
+                features.text_tokens[layer],
+                features.text_mask,
+            )
+            image_vectors.append(h_i)
+            text_vectors.append(h_t)
+        h_image = torch.stack(image_vectors)  # (L_s, B, d_c)
+        h_text = torch.stack(text_vectors)
+        robust = torch.stack([self.fbp(i, t) for i, t in zip(image_vectors, text_vectors)])
+        logits = self.fusion(robust, features.image_embedding, features.text_embedding)
+        return logits, h_image, h_text
+
+    # ---------------------------------------------------------------- steps
+    def task_loss(self, logits: Tensor, label: Tensor) -> Tensor:
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, label.float())
+        return F.cross_entropy(logits, label.long())
+
+    def correlation_loss(self, h_image: Tensor, h_text: Tensor, both: Tensor) -> Tensor:
+        """`L_CCA` over the samples with both modalities present; 0 when fewer than two."""
+        if self.beta == 0 or int(both.sum()) < 2:
+            return h_image.new_zeros(())
+        return self.cca(h_image[:, both], h_text[:, both]).to(h_image.dtype)
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor:
+        features = batch["features"] if "features" in batch else self.encode(batch)
+        logits, h_image, h_text = self(features)
+        label = batch["label"]
+        both = self._both_present(batch, logits.shape[0], logits.device)
+        task_loss = self.task_loss(logits, label)
+        cca = self.correlation_loss(h_image, h_text, both)
+        loss = task_loss + self.beta * cca
+        batch_size = logits.shape[0]
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss,
+            batch_size=batch_size,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=not on_step,
+        )
+        self.log(
+            f"{stage}/task_loss",
+            task_loss,
+            batch_size=batch_size,
+            on_step=on_step,
+            on_epoch=True,
+            sync_dist=not on_step,
+        )
+        self.log(
+            f"{stage}/cca",
+            cca,
+            batch_size=batch_size,
+            on_step=on_step,
+            on_epoch=True,
+            sync_dist=not on_step,
+        )
+        metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
+        if metrics is not None:
+            metrics.update(self.scores(logits), label.long())
+            self.log_dict(metrics, batch_size=batch_size, prog_bar=stage == "val")
+        return loss
+
+    @staticmethod
+    def _both_present(batch: dict[str, Any], batch_size: int, device: torch.device) -> Tensor:
+        ones = torch.ones(batch_size, dtype=torch.bool, device=device)
+        image = batch.get("image_present", ones).to(device)
+        text = batch.get("text_present", ones).to(device)
+        return image & text
+
+    def scores(self, logits: Tensor) -> Tensor:
+        """Sigmoid (multi-label) or softmax (multi-class) scores, `(B, C)`."""
+        return logits.sigmoid() if self.task == "multilabel" else logits.softmax(dim=-1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        features = batch["features"] if "features" in batch else self.encode(batch)
+        logits, _, _ = self(features)
+        return {"id": batch.get("id"), "scores": self.scores(logits)}
+
+    # ---------------------------------------------------------------- optimisation
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.trainable_parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(self.hparams.warmup_fraction * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ---------------------------------------------------------------- checkpoints
+    def encoder_identity(self) -> dict[str, Any]:
+        return {"image": self.image_encoder.identity(), "text": self.text_encoder.identity()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the trainable part and the encoders' identity, never the frozen weights."""
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {
+            k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIXES)
+        }
+        checkpoint["rlrt_encoders"] = self.encoder_identity()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on other encoders; refill the frozen weights from ours."""
+        saved = checkpoint.get("rlrt_encoders")
+        if saved is not None:
+            ours = self.encoder_identity()
+            for side in ("image", "text"):
+                for key in sorted(set(saved[side]) | set(ours[side])):
+                    if saved[side].get(key) != ours[side].get(key):
+                        raise ValueError(
+                            f"checkpoint was trained with {side} encoder {key}="
+                            f"{saved[side].get(key)!r} but the config gives "
+                            f"{ours[side].get(key)!r}; "
+                            "use the checkpoint's encoder settings (see its config.yaml)"
+                        )
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if key.startswith(ENCODER_PREFIXES):
+                state.setdefault(key, value)

@@ -1,0 +1,182 @@
+"""The LightningModule: freezing, the loss, missing inputs, checkpoints."""
+
+import copy
+
+import pytest
+import torch
+from lightning import Trainer
+from torch.utils.data import DataLoader
+
+from rlrt.encoders import FrozenImageEncoder
+from rlrt.system import RLRT
+
+
+def make_batch(n=6, num_classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    words = ["love", "space robot", "the ghost house", "war army battle", "funny song", ""]
+    return {
+        "image": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+        "text": [words[i % len(words)] for i in range(n)],
+        "label": torch.randint(0, num_classes, (n,), generator=g),
+        "id": [f"s{i}" for i in range(n)],
+        "image_present": torch.ones(n, dtype=torch.bool),
+        "text_present": torch.ones(n, dtype=torch.bool),
+    }
+
+
+def collate_one(items):
+    return items[0]
+
+
+def make_model(image_encoder, text_encoder, **kwargs):
+    kwargs = {
+        "num_classes": 3,
+        "common_dim": 8,
+        "fbp_window": 2,
+        "fusion_dim": 8,
+        "hidden_dim": 16,
+        "lr": 1e-2,
+        **kwargs,
+    }
+    return RLRT(image_encoder=image_encoder, text_encoder=text_encoder, **kwargs)
+
+
+def fit_steps(model, steps=3, tmp_path=None):
+    loader = DataLoader(
+        [make_batch(seed=i) for i in range(steps)], batch_size=1, collate_fn=collate_one
+    )
+    trainer = Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, loader)
+    return trainer
+
+
+def test_training_leaves_encoders_bit_identical_and_moves_the_head(
+    image_encoder, text_encoder, tmp_path
+):
+    model = make_model(image_encoder, text_encoder)
+    frozen = {
+        k: v.clone() for k, v in model.state_dict().items() if k.startswith(("image_", "text_"))
+    }
+    head = {
+        k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("image_", "text_"))
+    }
+    assert frozen and head
+    fit_steps(model, tmp_path=tmp_path)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())
+    moved = [k for k, v in head.items() if v.is_floating_point() and not torch.equal(after[k], v)]
+    assert any(k.startswith("molt.") for k in moved) and any(k.startswith("fusion.") for k in moved)
+    model.train()
+    assert not model.image_encoder.training and not model.text_encoder.training
+    assert model.fusion.training
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert not any(id(p) in trainable for p in model.image_encoder.parameters())
+
+
+def test_loss_is_task_plus_beta_cca(image_encoder, text_encoder):
+    model = make_model(image_encoder, text_encoder, beta=0.5).eval()
+    batch = make_batch()
+    logits, h_i, h_t = model(model.encode(batch))
+    expected_task = torch.nn.functional.cross_entropy(logits, batch["label"])
+    expected_cca = model.cca(h_i, h_t).float()
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    model.log_dict = lambda *a, **kw: None
+    loss = model._shared_step(batch, "train")
+    torch.testing.assert_close(loss, expected_task + 0.5 * expected_cca)
+    torch.testing.assert_close(logged["train/cca"], expected_cca)
+    assert expected_cca.item() < 0
+
+
+def test_missing_flags_substitute_dummy_inputs(image_encoder, text_encoder):
+    model = make_model(image_encoder, text_encoder).eval()
+    batch = make_batch()
+    batch["image_present"][1] = False
+    batch["text_present"][2] = False
+    features = model.encode(batch)
+    by_hand = copy.deepcopy(batch)
+    by_hand["text"][2] = ""
+    with torch.no_grad():
+        ones_embedding = image_encoder.visual(torch.ones(1, 3, 32, 32))
+    manual_text = text_encoder([by_hand["text"][2]])
+    torch.testing.assert_close(features.text_embedding[2], manual_text[2][0])
+    torch.testing.assert_close(features.image_embedding[1], ones_embedding[0])
+    torch.testing.assert_close(features.image_embedding[0], image_encoder(batch["image"][:1])[2][0])
+
+    zero = make_model(image_encoder, text_encoder, missing_strategy="zero").eval()
+    zf = zero.encode(batch)
+    assert torch.equal(zf.image_tokens[:, 1], torch.zeros_like(zf.image_tokens[:, 1]))
+    assert torch.equal(zf.text_embedding[2], torch.zeros_like(zf.text_embedding[2]))
+    assert zf.image_embedding[0].abs().sum() > 0
+
+
+def test_cca_uses_only_samples_with_both_modalities(image_encoder, text_encoder):
+    model = make_model(image_encoder, text_encoder).eval()
+    batch = make_batch()
+    _, h_i, h_t = model(model.encode(batch))
+    both = torch.tensor([True, True, False, True, True, False])
+    torch.testing.assert_close(
+        model.correlation_loss(h_i, h_t, both), model.cca(h_i[:, both], h_t[:, both]).float()
+    )
+    one = torch.tensor([True] + [False] * 5)
+    assert model.correlation_loss(h_i, h_t, one).item() == 0.0
+
+
+def test_checkpoint_holds_head_and_identity_not_encoder_weights(
+    image_encoder, text_encoder, tmp_path
+):
+    model = make_model(image_encoder, text_encoder)
+    trainer = fit_steps(model, steps=1, tmp_path=tmp_path)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert not any(
+        k.startswith(("image_encoder.", "text_encoder.")) for k in checkpoint["state_dict"]
+    )
+    assert checkpoint["rlrt_encoders"]["image"]["layers"] == [1, 2]
+    head_bytes = sum(v.numel() * v.element_size() for v in checkpoint["state_dict"].values())
+    encoder_bytes = sum(p.numel() * p.element_size() for p in text_encoder.parameters())
+    assert head_bytes < encoder_bytes
+    # rebuilt from hparams (the encoders come back from their configs), same predictions
+    restored = RLRT.load_from_checkpoint(path, weights_only=True).eval()
+    model.eval()
+    batch = make_batch()
+    torch.testing.assert_close(restored(restored.encode(batch))[0], model(model.encode(batch))[0])
+
+
+def test_checkpoint_from_other_encoder_layers_is_refused(
+    image_encoder, text_encoder, tiny_vit_config, tmp_path
+):
+    model = make_model(image_encoder, text_encoder)
+    trainer = fit_steps(model, steps=1, tmp_path=tmp_path)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    other = FrozenImageEncoder(
+        config_file=str(tiny_vit_config), image_size=32, layers=[0, 2], token_grid=2
+    )
+    mismatched = make_model(other, text_encoder)
+    checkpoint = torch.load(path, weights_only=True)
+    with pytest.raises(
+        ValueError, match=r"image encoder layers=\[1, 2\] but the config gives \[0, 2\]"
+    ):
+        mismatched.on_load_checkpoint(checkpoint)
+
+
+def test_multilabel_task_uses_bce_and_f1(image_encoder, text_encoder):
+    model = make_model(image_encoder, text_encoder, task="multilabel", num_classes=4).eval()
+    batch = make_batch()
+    batch["label"] = (torch.rand(6, 4) > 0.5).float()
+    logits, _, _ = model(model.encode(batch))
+    torch.testing.assert_close(
+        model.task_loss(logits, batch["label"]),
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["label"]),
+    )
+    assert set(model.test_metrics.keys()) == {"test/f1_micro", "test/f1_macro"}
