@@ -48,8 +48,13 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 Task = Literal["multilabel", "multiclass"]
-_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
-                 "predict": ("test",), None: SPLITS}
+_STAGE_SPLITS = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: SPLITS,
+}
 _JPEG_TAIL = 1024  # bytes searched for the end-of-image marker
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -112,8 +117,9 @@ def load_image(path: Path, size: int) -> Tensor:
         side = min(w, h)
         left, top = (w - side) / 2, (h - side) / 2
         # Resizing the centred square is resize-shorter-side-then-crop in one resampling pass.
-        img = img.resize((size, size), Image.Resampling.BICUBIC,
-                         box=(left, top, left + side, top + side))
+        img = img.resize(
+            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+        )
         array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, S, S)
 
@@ -162,8 +168,16 @@ class ImageTextDataset(Dataset):
     failed; `collate_samples` drops such samples).
     """
 
-    def __init__(self, records: list[SampleRecord], *, split: str, task: Task, num_classes: int,
-                 image_size: int, on_bad_sample: Literal["skip", "error"]) -> None:
+    def __init__(
+        self,
+        records: list[SampleRecord],
+        *,
+        split: str,
+        task: Task,
+        num_classes: int,
+        image_size: int,
+        on_bad_sample: Literal["skip", "error"],
+    ) -> None:
         self.records = records
         self.split = split
         self.task = task
@@ -186,16 +200,23 @@ class ImageTextDataset(Dataset):
                 bad_reason = f"unreadable image: {_one_line(err)}"
                 if self.on_bad_sample == "error":
                     raise BadSampleError(f"{self.split} sample {rec.id!r}: {bad_reason}") from err
-                log.warning("%s sample %r dropped from its batch: %s", self.split, rec.id,
-                            bad_reason)
+                log.warning(
+                    "%s sample %r dropped from its batch: %s", self.split, rec.id, bad_reason
+                )
         if self.task == "multilabel":
             label = torch.zeros(self.num_classes, dtype=torch.float32)  # (C,)
             label[torch.tensor(rec.label, dtype=torch.int64)] = 1.0
         else:
             label = torch.tensor(rec.label, dtype=torch.int64)  # ()
-        return {"image": image, "text": rec.text, "label": label, "id": rec.id,
-                "image_present": rec.image_path is not None, "text_present": True,
-                "bad_reason": bad_reason}
+        return {
+            "image": image,
+            "text": rec.text,
+            "label": label,
+            "id": rec.id,
+            "image_present": rec.image_path is not None,
+            "text_present": True,
+            "bad_reason": bad_reason,
+        }
 
 
 class ImageTextDataModule(L.LightningDataModule):
@@ -219,19 +240,30 @@ class ImageTextDataModule(L.LightningDataModule):
     accepted_layouts: ClassVar[str] = ""
     source: ClassVar[str] = ""
 
-    def __init__(self, *, root: str, image_size: int = 224, batch_size: int = 32,
-                 eval_batch_size: int | None = None, num_workers: int = 0,
-                 on_bad_sample: Literal["skip", "error"] = "skip", seed: int = 0,
-                 limit_samples: int | None = None,
-                 verify_images: Literal["header", "decode"] = "header") -> None:
+    def __init__(
+        self,
+        *,
+        root: str,
+        image_size: int = 224,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        on_bad_sample: Literal["skip", "error"] = "skip",
+        seed: int = 0,
+        limit_samples: int | None = None,
+        verify_images: Literal["header", "decode"] = "header",
+    ) -> None:
         super().__init__()
         if on_bad_sample not in ("skip", "error"):
             raise ValueError(f"on_bad_sample must be 'skip' or 'error', got {on_bad_sample!r}")
         if verify_images not in ("header", "decode"):
             raise ValueError(f"verify_images must be 'header' or 'decode', got {verify_images!r}")
-        for name, value in (("image_size", image_size), ("batch_size", batch_size),
-                            ("eval_batch_size", eval_batch_size),
-                            ("limit_samples", limit_samples)):
+        for name, value in (
+            ("image_size", image_size),
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("limit_samples", limit_samples),
+        ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.save_hyperparameters()
@@ -280,10 +312,10 @@ class ImageTextDataModule(L.LightningDataModule):
             raise SampleRejected(f"outside dataset root: {path}")
         return path
 
-    def not_found(self, missing: Path, what: str) -> DatasetNotFoundError:
-        """The error for a missing required file or folder (raise it)."""
+    def not_found(self, missing: Path, what: str, hint: str = "") -> DatasetNotFoundError:
+        """The error for a missing required file or folder (raise it); `hint` ends a sentence."""
         return DatasetNotFoundError(
-            f"{self.dataset_name}: {what} not found; looked for {missing}. "
+            f"{self.dataset_name}: {what} not found; looked for {missing}{hint}. "
             f"Accepted layouts: {self.accepted_layouts}. "
             f"Obtain the dataset from {self.source} (it is never downloaded automatically)."
         )
@@ -330,12 +362,26 @@ class ImageTextDataModule(L.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
-    def _loader(self, split: str, batch_size: int, *, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=batch_size, shuffle=shuffle,
-                          generator=generator, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, collate_fn=collate_samples,
-                          pin_memory=torch.cuda.is_available())
+    def _loader(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_samples,
+            pin_memory=torch.cuda.is_available(),
+            # A ragged last training batch would be the smallest one L_CCA ever sees.
+            drop_last=shuffle and len(self.dataset(split)) > batch_size,
+        )
 
     def _build(self, split: str) -> ImageTextDataset:
         records: list[SampleRecord] = []
@@ -363,12 +409,18 @@ class ImageTextDataModule(L.LightningDataModule):
                 f"{len(records)}; ids and reasons in .bad_samples / write_bad_sample_report()"
             )
         log.info("%s %s: %d samples", self.dataset_name, split, len(records))
-        return ImageTextDataset(records, split=split, task=self.task,
-                                num_classes=self.num_classes, image_size=self.image_size,
-                                on_bad_sample=self.on_bad_sample)
+        return ImageTextDataset(
+            records,
+            split=split,
+            task=self.task,
+            num_classes=self.num_classes,
+            image_size=self.image_size,
+            on_bad_sample=self.on_bad_sample,
+        )
 
-    def _check(self, rec: SampleRecord, seen: set[str],
-               image_reasons: dict[Path, str | None]) -> str | None:
+    def _check(
+        self, rec: SampleRecord, seen: set[str], image_reasons: dict[Path, str | None]
+    ) -> str | None:
         """Reason why `rec` is bad, or None."""
         if not isinstance(rec.id, str) or not rec.id:
             return f"invalid id: {rec.id!r}"
@@ -378,7 +430,8 @@ class ImageTextDataModule(L.LightningDataModule):
             return f"invalid text: {type(rec.text).__name__}"
         labels = rec.label if self.task == "multilabel" else [rec.label]
         if not isinstance(labels, list) or not all(
-                isinstance(c, int) and 0 <= c < self.num_classes for c in labels):
+            isinstance(c, int) and 0 <= c < self.num_classes for c in labels
+        ):
             return f"unknown label: {rec.label!r}"
         if rec.image_path is None:
             return None

@@ -22,7 +22,8 @@ occurs, about `num_movies / 23` times as first genre), the others follow MM-IMDB
 with a few boosted co-occurring pairs. Everything is a pure function of `seed`.
 
 `demo_meta.json` in the root records the grouping, keywords, poster elements and, per movie,
-what was drawn and written; it doubles as the completeness marker.
+its genres, the genres drawn on its poster (`image_genres`) and, per plot, the genres whose
+keywords it holds (`text_genres`) and its decoys (`decoys`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,16 @@ GENERATOR_VERSION = 1
 META_FILE = "demo_meta.json"
 
 IMAGE_ONLY = ("Horror", "Sci-Fi", "Fantasy", "Animation", "Western", "War", "Sport", "Film-Noir")
-TEXT_ONLY = ("Crime", "Mystery", "Documentary", "Biography", "History", "Music", "Musical",
-             "Family")
+TEXT_ONLY = (
+    "Crime",
+    "Mystery",
+    "Documentary",
+    "Biography",
+    "History",
+    "Music",
+    "Musical",
+    "Family",
+)
 BOTH = ("Drama", "Comedy", "Romance", "Thriller", "Action", "Adventure", "Short")
 IMAGE_VISIBLE = tuple(g for g in MMIMDB_GENRES if g not in TEXT_ONLY)  # 15, pinned order
 TEXT_VISIBLE = tuple(g for g in MMIMDB_GENRES if g not in IMAGE_ONLY)  # 15, pinned order
@@ -69,25 +78,121 @@ KEYWORDS: dict[str, tuple[str, ...]] = {
     "Family": ("kids", "parents", "puppy", "grandmother", "siblings"),
 }
 FILLER = (
-    "a", "the", "an", "man", "woman", "young", "old", "town", "city", "house", "road", "night",
-    "day", "morning", "evening", "finds", "meets", "learns", "decides", "returns", "leaves",
-    "must", "after", "before", "when", "while", "with", "his", "her", "their", "friend",
-    "stranger", "neighbor", "job", "car", "letter", "phone", "money", "years", "summer",
-    "winter", "river", "village", "office", "school", "hotel", "train", "window", "door",
-    "doctor", "teacher", "writer", "brother", "sister", "and", "but", "soon", "never", "again",
-    "home", "street", "week", "plan", "name", "boat", "bridge", "garden", "market", "station",
+    "a",
+    "the",
+    "an",
+    "man",
+    "woman",
+    "young",
+    "old",
+    "town",
+    "city",
+    "house",
+    "road",
+    "night",
+    "day",
+    "morning",
+    "evening",
+    "finds",
+    "meets",
+    "learns",
+    "decides",
+    "returns",
+    "leaves",
+    "must",
+    "after",
+    "before",
+    "when",
+    "while",
+    "with",
+    "his",
+    "her",
+    "their",
+    "friend",
+    "stranger",
+    "neighbor",
+    "job",
+    "car",
+    "letter",
+    "phone",
+    "money",
+    "years",
+    "summer",
+    "winter",
+    "river",
+    "village",
+    "office",
+    "school",
+    "hotel",
+    "train",
+    "window",
+    "door",
+    "doctor",
+    "teacher",
+    "writer",
+    "brother",
+    "sister",
+    "and",
+    "but",
+    "soon",
+    "never",
+    "again",
+    "home",
+    "street",
+    "week",
+    "plan",
+    "name",
+    "boat",
+    "bridge",
+    "garden",
+    "market",
+    "station",
 )
 SHAPES = ("circle", "square", "triangle", "stripes")
 GRID = 4
 # Rough MM-IMDB genre counts, the weights of a movie's extra genres.
-FREQUENCY = dict(zip(MMIMDB_GENRES, (
-    13967, 8592, 5364, 5192, 3838, 3550, 2710, 2703, 2082, 2057, 1991, 1933, 1668, 1343, 1335,
-    1143, 1045, 997, 841, 705, 634, 471, 338)))
+FREQUENCY = dict(
+    zip(
+        MMIMDB_GENRES,
+        (
+            13967,
+            8592,
+            5364,
+            5192,
+            3838,
+            3550,
+            2710,
+            2703,
+            2082,
+            2057,
+            1991,
+            1933,
+            1668,
+            1343,
+            1335,
+            1143,
+            1045,
+            997,
+            841,
+            705,
+            634,
+            471,
+            338,
+        ),
+    )
+)
 PARTNERS = {  # extra-genre weight x3 when the partner is already drawn
-    "Romance": ("Comedy", "Drama"), "Crime": ("Thriller", "Drama"), "Action": ("Adventure",),
-    "Adventure": ("Action", "Fantasy"), "Horror": ("Thriller", "Mystery"), "Sci-Fi": ("Action",),
-    "Animation": ("Family", "Comedy"), "Biography": ("History", "Drama"), "War": ("History",),
-    "Music": ("Musical",), "Film-Noir": ("Crime",),
+    "Romance": ("Comedy", "Drama"),
+    "Crime": ("Thriller", "Drama"),
+    "Action": ("Adventure",),
+    "Adventure": ("Action", "Fantasy"),
+    "Horror": ("Thriller", "Mystery"),
+    "Sci-Fi": ("Action",),
+    "Animation": ("Family", "Comedy"),
+    "Biography": ("History", "Drama"),
+    "War": ("History",),
+    "Music": ("Musical",),
+    "Film-Noir": ("Crime",),
 }
 
 
@@ -97,8 +202,11 @@ def _element_spec() -> dict[str, dict[str, Any]]:
     for i, genre in enumerate(IMAGE_VISIBLE):
         r, g, b = colorsys.hsv_to_rgb(i / len(IMAGE_VISIBLE), 1.0, 1.0 if i % 2 == 0 else 0.7)
         cell = (i * 7) % (GRID * GRID)  # 7 is coprime with 16: distinct cells, hues spread out
-        spec[genre] = {"colour": [round(255 * r), round(255 * g), round(255 * b)],
-                       "cell": [cell // GRID, cell % GRID], "shape": SHAPES[i % len(SHAPES)]}
+        spec[genre] = {
+            "colour": [round(255 * r), round(255 * g), round(255 * b)],
+            "cell": [cell // GRID, cell % GRID],
+            "shape": SHAPES[i % len(SHAPES)],
+        }
     return spec
 
 
@@ -107,8 +215,9 @@ def _draw_genres(rng: random.Random, order: list[str]) -> list[str]:
     genres = [order.pop()]
     while len(genres) < n:
         pool = [g for g in MMIMDB_GENRES if g not in genres]
-        weights = [FREQUENCY[g] * (3 if set(PARTNERS.get(g, ())) & set(genres) else 1)
-                   for g in pool]
+        weights = [
+            FREQUENCY[g] * (3 if set(PARTNERS.get(g, ())) & set(genres) else 1) for g in pool
+        ]
         genres.append(rng.choices(pool, weights=weights)[0])
     return genres
 
@@ -147,8 +256,13 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, ...], fill: 
             draw.rectangle((x0, y0 + k * h, x1, y0 + (k + 1) * h), fill=fill)
 
 
-def _poster(rng: random.Random, nrng: np.random.Generator, genres: list[str],
-            spec: dict[str, dict[str, Any]], size: tuple[int, int]) -> tuple[Image.Image, list]:
+def _poster(
+    rng: random.Random,
+    nrng: np.random.Generator,
+    genres: list[str],
+    spec: dict[str, dict[str, Any]],
+    size: tuple[int, int],
+) -> tuple[Image.Image, list]:
     """One poster `size=(W, H)`; returns (image, genres drawn on it)."""
     w, h = size
     base = nrng.integers(30, 100)
@@ -175,8 +289,13 @@ def _poster(rng: random.Random, nrng: np.random.Generator, genres: list[str],
     return img, drawn
 
 
-def write_demo_dataset(root: str | Path, *, num_movies: int = 1500, seed: int = 0,
-                       image_size: tuple[int, int] = (96, 144)) -> dict[str, Any]:
+def write_demo_dataset(
+    root: str | Path,
+    *,
+    num_movies: int = 1500,
+    seed: int = 0,
+    image_size: tuple[int, int] = (96, 144),
+) -> dict[str, Any]:
     """Write a synthetic MM-IMDB under `root` (must not exist or be empty); returns its metadata.
 
     Layout: `split.json` (train/dev/test ~ 70/10/20), `dataset/<7-digit id>.json` (`plot`,
@@ -203,32 +322,51 @@ def write_demo_dataset(root: str | Path, *, num_movies: int = 1500, seed: int = 
             if not order:  # every genre once per cycle of 23 movies, in a seeded order
                 order = rng.sample(MMIMDB_GENRES, len(MMIMDB_GENRES))
             genres = _draw_genres(rng, order)
-            plots, shown, decoys = [], set(), set()
+            plots, shown, decoys = [], [], []
             for _ in range(2 if rng.random() < 0.25 else 1):
                 text, s, d = _plot(rng, genres)
                 plots.append(text)
-                shown.update(s)
-                decoys.update(d)
+                shown.append(s)
+                decoys.append(d)
             poster, drawn = _poster(rng, nrng, genres, spec, image_size)
             poster.save(tmp / "dataset" / f"{movie_id}.jpeg", quality=90)
-            record = {"title": " ".join(rng.sample(FILLER, 3)).title(),
-                      "year": rng.randint(1930, 2015), "director": f"Person {rng.randint(1, 500)}",
-                      "plot": plots, "genres": genres}
+            record = {
+                "title": " ".join(rng.sample(FILLER, 3)).title(),
+                "year": rng.randint(1930, 2015),
+                "director": f"Person {rng.randint(1, 500)}",
+                "plot": plots,
+                "genres": genres,
+            }
             (tmp / "dataset" / f"{movie_id}.json").write_text(json.dumps(record), "utf-8")
-            movies[movie_id] = {"genres": genres, "image_genres": drawn,
-                                "text_genres": sorted(shown), "decoys": sorted(decoys)}
+            movies[movie_id] = {
+                "genres": genres,
+                "image_genres": drawn,
+                "text_genres": shown,  # per plot: genres whose keywords it holds
+                "decoys": decoys,  # per plot: genres of decoy keywords
+            }
 
         shuffled = rng.sample(ids, len(ids))
         n_dev, n_test = max(1, round(0.1 * num_movies)), max(1, round(0.2 * num_movies))
-        split = {"train": shuffled[n_dev + n_test:], "dev": shuffled[:n_dev],
-                 "test": shuffled[n_dev:n_dev + n_test]}
+        split = {
+            "train": shuffled[n_dev + n_test :],
+            "dev": shuffled[:n_dev],
+            "test": shuffled[n_dev : n_dev + n_test],
+        }
         (tmp / "split.json").write_text(json.dumps(split), "utf-8")
-        meta = {"generator_version": GENERATOR_VERSION, "num_movies": num_movies, "seed": seed,
-                "image_size": list(image_size),
-                "groups": {"image_only": list(IMAGE_ONLY), "text_only": list(TEXT_ONLY),
-                           "both": list(BOTH)},
-                "keywords": {g: list(v) for g, v in KEYWORDS.items()}, "elements": spec,
-                "movies": movies}
+        meta = {
+            "generator_version": GENERATOR_VERSION,
+            "num_movies": num_movies,
+            "seed": seed,
+            "image_size": list(image_size),
+            "groups": {
+                "image_only": list(IMAGE_ONLY),
+                "text_only": list(TEXT_ONLY),
+                "both": list(BOTH),
+            },
+            "keywords": {g: list(v) for g, v in KEYWORDS.items()},
+            "elements": spec,
+            "movies": movies,
+        }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1), "utf-8")
         os.rename(tmp, root)  # atomic; fails if root is a non-empty folder
     except BaseException:
@@ -247,8 +385,10 @@ def ensure_demo_dataset(root: str | Path, *, num_movies: int = 1500, seed: int =
     want = {"generator_version": GENERATOR_VERSION, "num_movies": num_movies, "seed": seed}
     if not (root / "split.json").is_file():
         if root.is_dir() and any(root.iterdir()):
-            raise FileExistsError(f"demo data: {root} is not empty but holds no split.json; "
-                                  f"refusing to write into it, choose an empty or new root")
+            raise FileExistsError(
+                f"demo data: {root} is not empty but holds no split.json; "
+                f"refusing to write into it, choose an empty or new root"
+            )
         try:
             write_demo_dataset(root, num_movies=num_movies, seed=seed)
             return
@@ -260,8 +400,10 @@ def ensure_demo_dataset(root: str | Path, *, num_movies: int = 1500, seed: int =
         meta = json.loads(meta_path.read_text("utf-8"))
         have = {k: meta.get(k) for k in want}
         if have != want:
-            raise ValueError(f"demo data: {root} was generated with {have}, not {want}; "
-                             f"delete it or choose another root")
+            raise ValueError(
+                f"demo data: {root} was generated with {have}, not {want}; "
+                f"delete it or choose another root"
+            )
 
 
 class DemoMMIMDBDataModule(MMIMDBDataModule):

@@ -30,9 +30,29 @@ from .base import ImageTextDataModule, Rejected, SampleRecord, SampleRejected, T
 log = logging.getLogger(__name__)
 
 MMIMDB_GENRES: tuple[str, ...] = (
-    "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror",
-    "Documentary", "Mystery", "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History",
-    "Music", "Animation", "Musical", "Western", "Sport", "Short", "Film-Noir",
+    "Drama",
+    "Comedy",
+    "Romance",
+    "Thriller",
+    "Crime",
+    "Action",
+    "Adventure",
+    "Horror",
+    "Documentary",
+    "Mystery",
+    "Sci-Fi",
+    "Fantasy",
+    "Family",
+    "Biography",
+    "War",
+    "History",
+    "Music",
+    "Animation",
+    "Musical",
+    "Western",
+    "Sport",
+    "Short",
+    "Film-Noir",
 )
 _GENRE_INDEX = {g: i for i, g in enumerate(MMIMDB_GENRES)}
 _SPLIT_KEYS = {"train": ("train",), "val": ("dev", "val"), "test": ("test",)}
@@ -47,13 +67,18 @@ class MMIMDBDataModule(ImageTextDataModule):
     """
 
     dataset_name = "MM-IMDB"
-    accepted_layouts = ("root/split.json + root/dataset/<id>.json + root/dataset/<id>.jpeg, or "
-                        "root/split.json + root/labels/<id>.json + root/images/<id>.jpeg")
-    source = ("http://lisi1.unal.edu.co/mmimdb/ (mmimdb.tar.gz; "
-              "see https://github.com/johnarevalo/gmu-mmimdb)")
+    accepted_layouts = (
+        "root/split.json + root/dataset/<id>.json + root/dataset/<id>.jpeg, or "
+        "root/split.json + root/labels/<id>.json + root/images/<id>.jpeg"
+    )
+    source = (
+        "http://lisi1.unal.edu.co/mmimdb/ (mmimdb.tar.gz; "
+        "see https://github.com/johnarevalo/gmu-mmimdb)"
+    )
 
-    def __init__(self, *, text_unit: Literal["longest", "first", "all"] = "longest",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, text_unit: Literal["longest", "first", "all"] = "longest", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if text_unit not in ("longest", "first", "all"):
             raise ValueError(f"text_unit must be 'longest', 'first' or 'all', got {text_unit!r}")
@@ -82,8 +107,11 @@ class MMIMDBDataModule(ImageTextDataModule):
                 continue
             yield from records
         if dropped_tags:
-            log.info("MM-IMDB %s: genre tags outside the 23 labels, dropped from the label "
-                     "vector: %s", split, dict(dropped_tags))
+            log.info(
+                "MM-IMDB %s: genre tags outside the 23 labels, dropped from the label vector: %s",
+                split,
+                dict(dropped_tags),
+            )
 
     @cached_property
     def _layout(self) -> tuple[Path, Path]:
@@ -100,10 +128,10 @@ class MMIMDBDataModule(ImageTextDataModule):
         if not path.is_file():
             hint = ""
             if not self.root.is_dir():
-                hint = " (the root folder itself does not exist)"
+                hint = f" (the root folder {self.root} does not exist)"
             elif (self.root / "mmimdb" / "split.json").is_file():
                 hint = f" (did you mean root={self.root / 'mmimdb'}?)"
-            raise self.not_found(path, f"split.json{hint}")
+            raise self.not_found(path, "split.json", hint)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -112,13 +140,16 @@ class MMIMDBDataModule(ImageTextDataModule):
         for split, keys in _SPLIT_KEYS.items():
             key = next((k for k in keys if isinstance(raw, dict) and k in raw), None)
             if key is None or not isinstance(raw[key], list):
-                raise ValueError(f"MM-IMDB: {path} must map {keys[0]!r} to a list of ids "
-                                 f"(expected keys: train, dev, test)")
+                raise ValueError(
+                    f"MM-IMDB: {path} must map {keys[0]!r} to a list of ids "
+                    f"(expected keys: train, dev, test)"
+                )
             splits[split] = raw[key]
         return splits
 
-    def _read_movie(self, movie_id: str, json_dir: Path, image_dir: Path,
-                    dropped_tags: Counter[str]) -> list[SampleRecord]:
+    def _read_movie(
+        self, movie_id: str, json_dir: Path, image_dir: Path, dropped_tags: Counter[str]
+    ) -> list[SampleRecord]:
         json_path = self.inside_root(json_dir / f"{movie_id}.json")
         if not json_path.is_file():
             raise SampleRejected(f"missing json: {json_path}")
@@ -145,5 +176,7 @@ class MMIMDBDataModule(ImageTextDataModule):
             texts = [(movie_id, plots[0] if plots else "")]
         else:  # longest; max() keeps the first of equally long plots
             texts = [(movie_id, max(plots, key=len) if plots else "")]
-        return [SampleRecord(id=sid, image_path=image_path, text=text, label=label)
-                for sid, text in texts]
+        return [
+            SampleRecord(id=sid, image_path=image_path, text=text, label=label)
+            for sid, text in texts
+        ]

@@ -7,9 +7,11 @@ module, the number of classes, the task type and the class names from the data m
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
+from jsonargparse import ArgumentParser, Namespace
 from lightning import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -46,14 +48,40 @@ class RLRTCLI(LightningCLI):
             atomic_write_json(Path(log_dir) / "metrics.json", metrics)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console entry point."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv[:1] == ["demo"]:
-        from rlrt.demo import run_demo
+# Commands beyond Lightning's own: name -> "module:function(argv)". Each takes the same
+# --config / --data.* / --model.* arguments as `fit`, plus options of its own.
+EXTRA_COMMANDS = {
+    "demo": "rlrt.demo:run_demo",
+}
 
-        run_demo(argv[1:])
+
+def parse_only(args: list[str]) -> Namespace:
+    """Parse `--config` files and overrides with the real parser and links, building nothing."""
+    return _ParseOnlyCLI(args=args, run=False).config
+
+
+def instantiate_group(config: Namespace, group: str, base: type) -> object:
+    """Build one `class_path` group (e.g. `data`) of a parsed config, leaving the others alone."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(base, group)
+    parsed = parser.parse_object({group: config[group].as_dict()})
+    return parser.instantiate_classes(parsed)[group]
+
+
+class _ParseOnlyCLI(RLRTCLI):
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: Lightning's subcommands, plus the extra commands above."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] and argv[0] in EXTRA_COMMANDS:
+        module_name, function_name = EXTRA_COMMANDS[argv[0]].split(":")
+        getattr(importlib.import_module(module_name), function_name)(argv[1:])
         return
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"extra commands: {', '.join(EXTRA_COMMANDS)} (each with --help)\n")
     RLRTCLI(args=args)
 
 

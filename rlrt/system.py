@@ -195,7 +195,9 @@ class RLRT(LightningModule):
             return h_image.new_zeros(())
         return self.cca(h_image[:, both], h_text[:, both]).to(h_image.dtype)
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor:
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
+        if len(batch["id"]) == 0:
+            return None  # every sample of this batch was dropped as unreadable: nothing to learn
         features = batch["features"] if "features" in batch else self.encode(batch)
         logits, h_image, h_text = self(features)
         label = batch["label"]
@@ -247,13 +249,13 @@ class RLRT(LightningModule):
         """Sigmoid (multi-label) or softmax (multi-class) scores, `(B, C)`."""
         return logits.sigmoid() if self.task == "multilabel" else logits.softmax(dim=-1)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

@@ -180,3 +180,10 @@ def test_multilabel_task_uses_bce_and_f1(image_encoder, text_encoder):
         torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["label"]),
     )
     assert set(model.test_metrics.keys()) == {"test/f1_micro", "test/f1_macro"}
+
+
+def test_an_empty_batch_is_skipped(image_encoder, text_encoder):
+    model = make_model(image_encoder, text_encoder)
+    batch = make_batch()
+    empty = {k: v[:0] for k, v in batch.items()}
+    assert model.training_step(empty, 0) is None
