@@ -1,4 +1,5 @@
-"""DataModules for image-text classification: a shared base, MM-IMDB and synthetic demo data."""
+"""DataModules for image-text classification: a shared base, MM-IMDB, UPMC-Food101, SNLI-VE and
+synthetic demo data."""
 
 from .base import (
     BadSample,
@@ -13,17 +14,23 @@ from .base import (
     load_image,
 )
 from .demo import DemoMMIMDBDataModule, ensure_demo_dataset, write_demo_dataset
+from .food101 import FOOD101_CLASSES, Food101DataModule
 from .mmimdb import MMIMDB_GENRES, MMIMDBDataModule
+from .snli_ve import SNLI_VE_LABELS, SNLIVEDataModule
 
 __all__ = [
+    "FOOD101_CLASSES",
     "MMIMDB_GENRES",
+    "SNLI_VE_LABELS",
     "BadSample",
     "BadSampleError",
     "DatasetNotFoundError",
     "DemoMMIMDBDataModule",
+    "Food101DataModule",
     "ImageTextDataModule",
     "ImageTextDataset",
     "MMIMDBDataModule",
+    "SNLIVEDataModule",
     "Rejected",
     "SampleRecord",
     "SampleRejected",

@@ -14,8 +14,10 @@ are; everything else lives here, once:
   with its id from the worker; with `"error"` it raises. A batch may therefore hold fewer samples
   than `batch_size`, in the extreme zero (`image` of shape `(0, 3, S, S)`).
 - **Policy**: `on_bad_sample="skip"` drops bad samples and keeps `(split, id, reason)` in
-  `bad_samples` (summary warning per split, `write_bad_sample_report(path)` for the full list);
+  `bad_samples` (summary warning per split, `write_bad_sample_report(path)` for the full list,
+  written as `bad_samples.json` into the run directory whenever a trainer calls `setup`);
   `"error"` raises `BadSampleError` with one line at the first bad sample.
+- **Empty text is not bad**: a sample whose text is present but empty is kept with text "".
 
 Batch dict (DESIGN.md section 2), `B` samples, `S = image_size`, `C = num_classes`:
     image          uint8 `(B, 3, S, S)`, RGB, shorter side resized to S (bicubic), centre crop
@@ -28,7 +30,6 @@ Batch dict (DESIGN.md section 2), `B` samples, `S = image_size`, `C = num_classe
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -44,6 +45,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from rlrt.io import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -56,6 +59,7 @@ _STAGE_SPLITS = {
     None: SPLITS,
 }
 _JPEG_TAIL = 1024  # bytes searched for the end-of-image marker
+BAD_SAMPLE_REPORT = "bad_samples.json"  # written into the run directory at setup
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -104,13 +108,14 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset root or one of its required files is missing."""
 
 
-def load_image(path: Path, size: int) -> Tensor:
+def load_image(path: Path, size: int, *, draft: bool = True) -> Tensor:
     """Decode `path` to RGB, resize the shorter side to `size` (bicubic), centre-crop.
 
     Returns uint8 `(3, size, size)`. Raises OSError (or another `_IMAGE_ERRORS`) on bad files.
+    `draft=False` turns off JPEG draft mode (benchmarks compare the two).
     """
     with Image.open(path) as img:
-        if img.format == "JPEG":
+        if draft and img.format == "JPEG":
             img.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
         img = img.convert("RGB")
         w, h = img.size
@@ -166,6 +171,10 @@ class ImageTextDataset(Dataset):
     Sample dict: `image` uint8 `(3, S, S)`, `text` str, `label` float32 `(C,)` multi-hot or int64
     `()`, `id` str, `image_present` / `text_present` bool, `bad_reason` (None unless decoding
     failed; `collate_samples` drops such samples).
+
+    `__getitems__` (what a batched DataLoader calls, in its workers) builds a whole batch and
+    decodes each distinct image file once: SNLI-VE hypotheses and MM-IMDB `text_unit="all"` plots
+    share images, and their samples then share one decoded tensor.
     """
 
     def __init__(
@@ -189,20 +198,34 @@ class ImageTextDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._sample(index, {})
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        decoded: dict[Path, Tensor | str] = {}  # path -> image, or the reason it failed
+        return [self._sample(index, decoded) for index in indices]
+
+    def _sample(self, index: int, decoded: dict[Path, Tensor | str]) -> dict[str, Any]:
         rec = self.records[index]
         s = self.image_size
         bad_reason = None
         image = torch.zeros(3, s, s, dtype=torch.uint8)
         if rec.image_path is not None:
-            try:
-                image = load_image(rec.image_path, s)
-            except _IMAGE_ERRORS as err:
-                bad_reason = f"unreadable image: {_one_line(err)}"
-                if self.on_bad_sample == "error":
-                    raise BadSampleError(f"{self.split} sample {rec.id!r}: {bad_reason}") from err
+            if rec.image_path not in decoded:
+                try:
+                    decoded[rec.image_path] = load_image(rec.image_path, s)
+                except _IMAGE_ERRORS as err:
+                    decoded[rec.image_path] = f"unreadable image: {_one_line(err)}"
+                    if self.on_bad_sample == "error":
+                        raise BadSampleError(
+                            f"{self.split} sample {rec.id!r}: {decoded[rec.image_path]}"
+                        ) from err
+            if isinstance(decoded[rec.image_path], str):
+                bad_reason = decoded[rec.image_path]
                 log.warning(
                     "%s sample %r dropped from its batch: %s", self.split, rec.id, bad_reason
                 )
+            else:
+                image = decoded[rec.image_path]
         if self.task == "multilabel":
             label = torch.zeros(self.num_classes, dtype=torch.float32)  # (C,)
             label[torch.tensor(rec.label, dtype=torch.int64)] = 1.0
@@ -234,11 +257,16 @@ class ImageTextDataModule(L.LightningDataModule):
             reading stops there, so later bad samples are not reported).
         verify_images: "header" (cheap checks at setup, see module docstring) or "decode"
             (decode every image at setup).
+        feature_cache: a folder built by `rlrt cache` for this config: batches then carry the
+            stored `Features` (and no pixels or text), and the frozen encoders are skipped.
     """
 
     dataset_name: ClassVar[str] = "dataset"
     accepted_layouts: ClassVar[str] = ""
     source: ClassVar[str] = ""
+    # Entries per split in the complete, official files (DATASETS.md); `rlrt inspect-data` warns
+    # when `source_count(split)` differs (a partial copy is the usual cause).
+    standard_sizes: ClassVar[dict[str, int]] = {}
 
     def __init__(
         self,
@@ -252,6 +280,7 @@ class ImageTextDataModule(L.LightningDataModule):
         seed: int = 0,
         limit_samples: int | None = None,
         verify_images: Literal["header", "decode"] = "header",
+        feature_cache: str | None = None,
     ) -> None:
         super().__init__()
         if on_bad_sample not in ("skip", "error"):
@@ -276,6 +305,9 @@ class ImageTextDataModule(L.LightningDataModule):
         self.seed = seed
         self.limit_samples = limit_samples
         self.verify_images = verify_images
+        self.feature_cache = None if feature_cache is None else Path(feature_cache).expanduser()
+        self.feature_cache_manifest: dict[str, Any] | None = None  # read by the model's checks
+        self._cached: dict[str, Any] = {}
         self.bad_samples: list[BadSample] = []
         self._datasets: dict[str, ImageTextDataset] = {}
 
@@ -320,11 +352,36 @@ class ImageTextDataModule(L.LightningDataModule):
             f"Obtain the dataset from {self.source} (it is never downloaded automatically)."
         )
 
+    def root_hint(self, relative: str) -> str:
+        """Hint for a missing `root/relative`: the root itself is missing, or the file lies one
+        or two folders deeper (a root given one level too high)."""
+        if not self.root.is_dir():
+            return f" (the root folder {self.root} does not exist)"
+        depth = len(Path(relative).parts)
+        for pattern in (f"*/{relative}", f"*/*/{relative}"):
+            found = sorted(self.root.glob(pattern))
+            if found:
+                return f" (did you mean root={found[0].parents[depth - 1]}?)"
+        return ""
+
+    def expected_split_sizes(self) -> dict[str, int]:
+        """`standard_sizes` as they apply to this configuration (see Food101's val split)."""
+        return dict(self.standard_sizes)
+
+    def source_count(self, split: str) -> int:
+        """Entries of `split` read from the files (kept + dropped), comparable with
+        `expected_split_sizes()`; builds the split if needed."""
+        kept = len(self.dataset(split))
+        return kept + sum(b.split == split for b in self.bad_samples)
+
     # ---- Lightning hooks ---------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
         for split in _STAGE_SPLITS[stage]:
             self.dataset(split)
+            if self.feature_cache is not None:
+                self._cached_batches(split)  # a stale or foreign cache fails here, before training
+        self._write_run_report()
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
@@ -350,17 +407,29 @@ class ImageTextDataModule(L.LightningDataModule):
         return self._datasets[split]
 
     def write_bad_sample_report(self, path: str | Path) -> None:
-        """Write the dropped samples as JSON: `{"dataset", "counts": {split: n}, "samples":
-        [{"split", "id", "reason"}, ...]}`."""
+        """Write the dropped samples of the splits built so far as JSON (atomically):
+        `{"dataset", "root", "kept": {split: n}, "counts": {split: n_dropped}, "samples":
+        [{"split", "id", "reason"}, ...]}`; a built split without drops counts 0."""
+        counts = dict.fromkeys(self._datasets, 0)
+        counts.update(Counter(b.split for b in self.bad_samples))
         report = {
             "dataset": self.dataset_name,
             "root": str(self.root),
-            "counts": dict(Counter(b.split for b in self.bad_samples)),
+            "kept": {split: len(ds) for split, ds in self._datasets.items()},
+            "counts": counts,
             "samples": [b._asdict() for b in self.bad_samples],
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        atomic_write_json(path, report)
+
+    def _write_run_report(self) -> None:
+        """With a trainer attached, write `bad_samples.json` into its run directory (beside
+        `config.yaml`), so every fit / validate / test run records what its data dropped."""
+        trainer = self.trainer
+        if trainer is None:
+            return
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, rank zero writes
+        if log_dir is not None and trainer.is_global_zero:
+            self.write_bad_sample_report(Path(log_dir) / BAD_SAMPLE_REPORT)
 
     def _loader(
         self,
@@ -370,6 +439,18 @@ class ImageTextDataModule(L.LightningDataModule):
         shuffle: bool = False,
         generator: torch.Generator | None = None,
     ) -> DataLoader:
+        # A ragged last training batch would be the smallest one L_CCA ever sees.
+        drop_last = shuffle and len(self.dataset(split)) > batch_size
+        if self.feature_cache is not None:
+            from .cached import cached_loader
+
+            return cached_loader(
+                self._cached_batches(split),
+                batch_size,
+                shuffle=shuffle,
+                generator=generator,
+                drop_last=drop_last,
+            )
         return DataLoader(
             self.dataset(split),
             batch_size=batch_size,
@@ -379,9 +460,46 @@ class ImageTextDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_samples,
             pin_memory=torch.cuda.is_available(),
-            # A ragged last training batch would be the smallest one L_CCA ever sees.
-            drop_last=shuffle and len(self.dataset(split)) > batch_size,
+            drop_last=drop_last,
         )
+
+    # ---- the feature cache -------------------------------------------------------------------
+
+    def cache_identity(self, split: str) -> dict[str, Any]:
+        """The data side of a cache manifest: which samples, in which order."""
+        from rlrt.feature_cache import ids_digest
+
+        ids = [r.id for r in self.dataset(split).records]
+        cls = type(self)
+        return {
+            "dataset": f"{cls.__module__}.{cls.__qualname__}",
+            "split": split,
+            "num_samples": len(ids),
+            "ids_sha256": ids_digest(ids),
+        }
+
+    def cache_sources(self, split: str):
+        """Distinct images and the texts of `split`, for `rlrt cache` (`cached.CacheSources`)."""
+        from .cached import cache_sources
+
+        return cache_sources(self.dataset(split).records, self.image_size)
+
+    def _cached_batches(self, split: str):
+        """The split's batches from the cache, opened (and checked) once."""
+        if split in self._cached:
+            return self._cached[split]
+        from rlrt.feature_cache import SplitCacheReader, check_fields
+
+        from .cached import CachedBatches, labels_tensor
+
+        reader = SplitCacheReader(self.feature_cache / split)
+        check_fields(reader.manifest, self.cache_identity(split), reader.folder)
+        dummy = SplitCacheReader(self.feature_cache / "dummy")
+        self.feature_cache_manifest = reader.manifest
+        records = self.dataset(split).records
+        labels = labels_tensor(records, self.task, self.num_classes)
+        self._cached[split] = CachedBatches(reader, dummy, labels)
+        return self._cached[split]
 
     def _build(self, split: str) -> ImageTextDataset:
         records: list[SampleRecord] = []

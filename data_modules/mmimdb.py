@@ -75,6 +75,7 @@ class MMIMDBDataModule(ImageTextDataModule):
         "http://lisi1.unal.edu.co/mmimdb/ (mmimdb.tar.gz; "
         "see https://github.com/johnarevalo/gmu-mmimdb)"
     )
+    standard_sizes = {"train": 15_552, "val": 2_608, "test": 7_799}  # movies
 
     def __init__(
         self, *, text_unit: Literal["longest", "first", "all"] = "longest", **kwargs: Any
@@ -91,6 +92,10 @@ class MMIMDBDataModule(ImageTextDataModule):
     @property
     def task(self) -> Task:
         return "multilabel"
+
+    def source_count(self, split: str) -> int:
+        """Movie ids listed for `split` in split.json (samples differ with `text_unit="all"`)."""
+        return len(self._split_ids[split])
 
     def read_split(self, split: str) -> Iterator[SampleRecord | Rejected]:
         ids = self._split_ids[split]

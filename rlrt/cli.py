@@ -34,6 +34,26 @@ class RLRTCLI(LightningCLI):
         )
         for name in ("num_classes", "task", "class_names"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.add_argument(
+            "--layer_pairs",
+            type=int | None,
+            default=None,
+            help="number of layer pairs L_s: sets both encoders' `layers` to this count "
+            "(one key for sweeps); unset, each encoder's own `layers` applies",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Apply `layer_pairs` to both encoders; for `predict`, give a data module that reads its
+        classes from a checkpoint (an init arg `checkpoint` left unset) the `--ckpt_path`."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        pairs = config.get("layer_pairs")
+        if pairs is not None:
+            for side in ("image_encoder", "text_encoder"):
+                config.model[side].init_args.layers = pairs
+        init_args = config.get("data", {}).get("init_args")
+        if self.subcommand == "predict" and init_args is not None and "checkpoint" in init_args:
+            if init_args.checkpoint is None:
+                init_args.checkpoint = config.ckpt_path
 
     def after_test(self) -> None:
         """Write the test metrics to `metrics.json` in the run directory (beside config.yaml)."""
@@ -52,6 +72,9 @@ class RLRTCLI(LightningCLI):
 # --config / --data.* / --model.* arguments as `fit`, plus options of its own.
 EXTRA_COMMANDS = {
     "demo": "rlrt.demo:run_demo",
+    "robustness": "rlrt.robustness:run_robustness",
+    "robustness-report": "rlrt.robustness_report:run_report",
+    "cache": "rlrt.cache:run_cache",
 }
 
 

@@ -70,6 +70,29 @@ class Features:
             )
         raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
 
+    def substitute(self, image_absent: Tensor, text_absent: Tensor, dummy: Features) -> Features:
+        """Replace absent modalities by the one-sample `dummy` features (the dummy inputs' own).
+
+        Args:
+            image_absent, text_absent: bool `(B,)`.
+            dummy: `Features` of batch size 1, broadcast over the batch.
+        """
+        image = image_absent.to(self.image_tokens.device)
+        text = text_absent.to(self.text_tokens.device)
+        dummy = dummy.to(self.image_tokens.device)
+        return Features(
+            image_tokens=torch.where(
+                image[None, :, None, None], dummy.image_tokens, self.image_tokens
+            ),
+            image_mask=torch.where(image[:, None], dummy.image_mask, self.image_mask),
+            image_embedding=torch.where(
+                image[:, None], dummy.image_embedding, self.image_embedding
+            ),
+            text_tokens=torch.where(text[None, :, None, None], dummy.text_tokens, self.text_tokens),
+            text_mask=torch.where(text[:, None], dummy.text_mask, self.text_mask),
+            text_embedding=torch.where(text[:, None], dummy.text_embedding, self.text_embedding),
+        )
+
 
 def _device_of(args: tuple, fallback: Tensor) -> torch.device:
     for a in args:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -13,6 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
+from rlrt.feature_cache import check_fields
 from rlrt.features import Features
 from rlrt.losses import CCALoss
 from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
@@ -54,7 +56,16 @@ class RLRT(LightningModule):
         beta: weight of `L_CCA`; 0 turns it off. cca_reg: covariance ridge `r`.
         cca_top_k: use only the top-k canonical correlations.
         missing_strategy: a missing modality gets the dummy input (`dummy`: all-ones image after
-            normalisation, empty text) or zeroed features (`zero`).
+            normalisation, empty text) or zeroed features (`zero`). This is the default; a batch
+            carrying `missing_strategy` (set by the `MissingModality` callback) overrides it.
+        modality_dropout: training-time modality dropout (off by default, as in the paper): at
+            each training step, each sample with both modalities loses one of them with this
+            probability (image or text with equal odds, never both), drawn from the global RNG
+            (`seed_everything`). Unlike the missing-modality protocol, which fixes the missing
+            samples by id, this redraws every step: a regulariser, not a property of the data.
+
+    With `use_robust=False` and `beta=0` (the late-fusion, image-only and text-only baselines)
+    MoLT is not built and not run: nothing of the robust path is left without a gradient.
         lr, weight_decay, warmup_fraction: AdamW on the trainable part, cosine schedule with a
             linear warm-up over this fraction of the steps.
     """
@@ -83,6 +94,7 @@ class RLRT(LightningModule):
         cca_reg: float = 1e-3,
         cca_top_k: int | None = None,
         missing_strategy: Literal["dummy", "zero"] = "dummy",
+        modality_dropout: float = 0.0,
         lr: float = 1e-4,
         weight_decay: float = 0.01,
         warmup_fraction: float = 0.05,
@@ -101,6 +113,8 @@ class RLRT(LightningModule):
             )
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        if not 0.0 <= modality_dropout <= 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1], got {modality_dropout}")
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.task = task
@@ -109,17 +123,20 @@ class RLRT(LightningModule):
         self.beta = beta
         self.missing_strategy = missing_strategy
         num_layers = len(image_encoder.layer_indices)
-        self.molt = nn.ModuleList(
-            ModalityLatentTranslation(
-                image_dim=image_encoder.width,
-                text_dim=text_encoder.width,
-                common_dim=common_dim,
-                num_heads=num_heads,
-                cross_attention=cross_attention,
-                dropout=dropout,
+        # MoLT feeds the fusion head (use_robust) and L_CCA (beta > 0); with neither it is skipped.
+        self.molt = None
+        if use_robust or beta != 0:
+            self.molt = nn.ModuleList(
+                ModalityLatentTranslation(
+                    image_dim=image_encoder.width,
+                    text_dim=text_encoder.width,
+                    common_dim=common_dim,
+                    num_heads=num_heads,
+                    cross_attention=cross_attention,
+                    dropout=dropout,
+                )
+                for _ in range(num_layers)
             )
-            for _ in range(num_layers)
-        )
         self.fbp = FactorizedBilinearPooling(window=fbp_window, bilinear=bilinear)
         self.fusion = FusionHead(
             num_layers=num_layers,
@@ -149,7 +166,7 @@ class RLRT(LightningModule):
         text_present = batch.get("text_present", torch.ones(batch_size, dtype=torch.bool))
         image_present = image_present.to(device)
         text_present = text_present.to(device)
-        dummy = self.missing_strategy == "dummy"
+        dummy = self.missing_strategy_of(batch) == "dummy"
         texts = [
             t if ok or not dummy else "" for t, ok in zip(batch["text"], text_present.tolist())
         ]
@@ -165,8 +182,38 @@ class RLRT(LightningModule):
             features = features.zero_modality("text", ~text_present)
         return features
 
-    def forward(self, features: Features) -> tuple[Tensor, Tensor, Tensor]:
-        """Features -> logits `(B, C)`, `h_i` `(L_s, B, d_c)`, `h_t` `(L_s, B, d_c)`."""
+    def missing_strategy_of(self, batch: dict[str, Any]) -> str:
+        """`batch["missing_strategy"]` when a callback set it, else the model's default."""
+        strategy = batch.get("missing_strategy") or self.missing_strategy
+        if strategy not in ("dummy", "zero"):
+            raise ValueError(f"missing_strategy must be 'dummy' or 'zero', got {strategy!r}")
+        return strategy
+
+    def features_of(self, batch: dict[str, Any]) -> Features:
+        """The batch's Features: from the cache when the batch carries them, else encoded now.
+
+        Cached features are stored for the real inputs; absent modalities get the cached dummy
+        inputs' features (`dummy`) or zeros (`zero`), as online encoding would.
+        """
+        if "features" not in batch:
+            return self.encode(batch)
+        features = batch["features"]
+        size = features.batch_size
+        ones = torch.ones(size, dtype=torch.bool)
+        image_absent = ~batch.get("image_present", ones).to(features.image_embedding.device)
+        text_absent = ~batch.get("text_present", ones).to(features.image_embedding.device)
+        if self.missing_strategy_of(batch) == "dummy":
+            return features.substitute(image_absent, text_absent, batch["dummy_features"])
+        return features.zero_modality("image", image_absent).zero_modality("text", text_absent)
+
+    def forward(self, features: Features) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Features -> logits `(B, C)`, `h_i` `(L_s, B, d_c)`, `h_t` `(L_s, B, d_c)`.
+
+        Without MoLT (`use_robust=False`, `beta=0`) `h_i` and `h_t` are None.
+        """
+        if self.molt is None:
+            logits = self.fusion(None, features.image_embedding, features.text_embedding)
+            return logits, None, None
         image_vectors, text_vectors = [], []
         for layer, molt in enumerate(self.molt):
             h_i, h_t = molt(
@@ -183,14 +230,27 @@ class RLRT(LightningModule):
         logits = self.fusion(robust, features.image_embedding, features.text_embedding)
         return logits, h_image, h_text
 
+    def setup(self, stage: str) -> None:
+        """Refuse a feature cache built with other encoders than this model's."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        manifest = getattr(datamodule, "feature_cache_manifest", None)
+        if manifest is not None:
+            check_fields(
+                manifest, {"encoders": self.encoder_identity()}, Path(str(datamodule.feature_cache))
+            )
+
     # ---------------------------------------------------------------- steps
     def task_loss(self, logits: Tensor, label: Tensor) -> Tensor:
         if self.task == "multilabel":
             return F.binary_cross_entropy_with_logits(logits, label.float())
         return F.cross_entropy(logits, label.long())
 
-    def correlation_loss(self, h_image: Tensor, h_text: Tensor, both: Tensor) -> Tensor:
+    def correlation_loss(
+        self, h_image: Tensor | None, h_text: Tensor | None, both: Tensor
+    ) -> Tensor:
         """`L_CCA` over the samples with both modalities present; 0 when fewer than two."""
+        if h_image is None or h_text is None:
+            return torch.zeros((), device=both.device)
         if self.beta == 0 or int(both.sum()) < 2:
             return h_image.new_zeros(())
         return self.cca(h_image[:, both], h_text[:, both]).to(h_image.dtype)
@@ -198,7 +258,7 @@ class RLRT(LightningModule):
     def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
         if len(batch["id"]) == 0:
             return None  # every sample of this batch was dropped as unreadable: nothing to learn
-        features = batch["features"] if "features" in batch else self.encode(batch)
+        features = self.features_of(batch)
         logits, h_image, h_text = self(features)
         label = batch["label"]
         both = self._both_present(batch, logits.shape[0], logits.device)
@@ -250,7 +310,29 @@ class RLRT(LightningModule):
         return logits.sigmoid() if self.task == "multilabel" else logits.softmax(dim=-1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if self.hparams.get("modality_dropout", 0.0) > 0:
+            batch = self.drop_modalities(batch, self.hparams.modality_dropout)
         return self._shared_step(batch, "train")
+
+    @staticmethod
+    def drop_modalities(batch: dict[str, Any], rate: float) -> dict[str, Any]:
+        """Training-time modality dropout: a copy of `batch` whose present flags are cleared for
+        a random `rate` of the samples that have both modalities (image or text, equal odds).
+
+        Draws come from torch's global RNG on the CPU, so `seed_everything` fixes them.
+        """
+        size = len(batch["id"])
+        ones = torch.ones(size, dtype=torch.bool)
+        image = batch.get("image_present", ones).cpu()
+        text = batch.get("text_present", ones).cpu()
+        dropped = (torch.rand(size) < rate) & image & text  # (B,)
+        loses_image = torch.rand(size) < 0.5  # (B,)
+        device = batch.get("image_present", ones).device
+        return {
+            **batch,
+            "image_present": (image & ~(dropped & loses_image)).to(device),
+            "text_present": (text & ~(dropped & ~loses_image)).to(device),
+        }
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "val")
@@ -259,8 +341,7 @@ class RLRT(LightningModule):
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        features = batch["features"] if "features" in batch else self.encode(batch)
-        logits, _, _ = self(features)
+        logits, _, _ = self(self.features_of(batch))
         return {"id": batch.get("id"), "scores": self.scores(logits)}
 
     # ---------------------------------------------------------------- optimisation

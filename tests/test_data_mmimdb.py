@@ -15,7 +15,7 @@ from data_modules import (
     DatasetNotFoundError,
     MMIMDBDataModule,
 )
-from tests.fake_mmimdb import write_fake_mmimdb
+from data_modules.fakes import write_fake_mmimdb
 
 S = 32  # image size: small keeps the tests fast
 
@@ -34,7 +34,7 @@ def setup_all(dm: MMIMDBDataModule) -> MMIMDBDataModule:
 
 @pytest.fixture(params=["dataset", "images_labels"])
 def fake(request, tmp_path):
-    return write_fake_mmimdb(tmp_path, request.param)
+    return write_fake_mmimdb(tmp_path / "mmimdb", layout=request.param)
 
 
 def test_pinned_labels():
@@ -111,7 +111,7 @@ def test_batch_dict(fake):
 
 
 def test_loaders_shuffle_seeded_train_only(tmp_path):
-    fake = write_fake_mmimdb(tmp_path)
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
     dm = setup_all(make(fake.root, text_unit="all", batch_size=1, seed=3))
     order = [b["id"][0] for b in dm.train_dataloader()]
     dm2 = setup_all(make(fake.root, text_unit="all", batch_size=1, seed=3))
@@ -123,7 +123,7 @@ def test_loaders_shuffle_seeded_train_only(tmp_path):
 
 
 def test_workers_persistent(tmp_path):
-    fake = write_fake_mmimdb(tmp_path)
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
     dm = setup_all(make(fake.root, num_workers=1))
     loader = dm.val_dataloader()
     assert loader.persistent_workers
@@ -131,7 +131,7 @@ def test_workers_persistent(tmp_path):
 
 
 def test_error_mode_one_line(tmp_path):
-    fake = write_fake_mmimdb(tmp_path)
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
     with pytest.raises(BadSampleError) as err:
         make(fake.root, on_bad_sample="error").setup("fit")
     msg = str(err.value)
@@ -140,7 +140,7 @@ def test_error_mode_one_line(tmp_path):
 
 
 def test_bad_sample_report(tmp_path):
-    fake = write_fake_mmimdb(tmp_path)
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
     dm = make(fake.root)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -158,7 +158,7 @@ def test_bad_sample_report(tmp_path):
 
 def test_decode_failure_after_setup(tmp_path):
     """An image that breaks after the setup checks is dropped from its batch ("skip")."""
-    fake = write_fake_mmimdb(tmp_path)
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
     dm = setup_all(make(fake.root, batch_size=2))
     path = dm.dataset("val").records[0].image_path
     path.write_bytes(b"garbage")
@@ -171,7 +171,7 @@ def test_decode_failure_after_setup(tmp_path):
 
 
 def test_all_dropped_batch_is_empty(tmp_path):
-    fake = write_fake_mmimdb(tmp_path)
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
     dm = setup_all(make(fake.root, batch_size=1))
     dm.dataset("test").records[0].image_path.write_bytes(b"garbage")
     batch = next(iter(dm.test_dataloader()))
@@ -180,14 +180,14 @@ def test_all_dropped_batch_is_empty(tmp_path):
 
 
 def test_verify_decode(tmp_path):
-    fake = write_fake_mmimdb(tmp_path)
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
     dm = setup_all(make(fake.root, verify_images="decode"))
     got = {(b.split, b.id, b.reason.split(":")[0]) for b in dm.bad_samples}
     assert got == fake.expected_bad("longest")
 
 
 def test_limit_samples(tmp_path):
-    fake = write_fake_mmimdb(tmp_path)
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
     dm = setup_all(make(fake.root, limit_samples=2, text_unit="all"))
     assert [r.id for r in dm.dataset("train").records] == ["0000001#0", "0000001#1"]
     assert [r.id for r in dm.dataset("test").records] == ["0000014#0", "0000014#1"]
@@ -204,7 +204,7 @@ def test_missing_root_names_file(tmp_path):
 
 
 def test_missing_folder_and_nested_root(tmp_path):
-    fake = write_fake_mmimdb(tmp_path)
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
     with pytest.raises(DatasetNotFoundError, match="did you mean root="):
         make(tmp_path).setup("fit")
     (tmp_path / "bare").mkdir()

@@ -59,7 +59,10 @@ class FusionHead(nn.Module):
         super().__init__()
         if not (use_robust or use_image_embedding or use_text_embedding):
             raise ValueError("the fusion head needs at least one input")
-        self.aggregate = LayerAggregation(num_layers=num_layers, num_queries=num_queries)
+        # Without the robust input there is nothing to aggregate: no unused parameters.
+        self.aggregate = (
+            LayerAggregation(num_layers=num_layers, num_queries=num_queries) if use_robust else None
+        )
 
         def projection(width: int, use: bool) -> nn.Module | None:
             if not use:
@@ -78,9 +81,10 @@ class FusionHead(nn.Module):
         )
 
     def forward(
-        self, representations: Tensor, image_embedding: Tensor, text_embedding: Tensor
+        self, representations: Tensor | None, image_embedding: Tensor, text_embedding: Tensor
     ) -> Tensor:
-        """representations `(L_s, B, R)`, embeddings `(B, E_i)`, `(B, E_t)` -> logits `(B, C)`."""
+        """representations `(L_s, B, R)` (None without `use_robust`), embeddings `(B, E_i)`,
+        `(B, E_t)` -> logits `(B, C)`."""
         parts = []
         if self.robust_proj is not None:
             parts.append(self.robust_proj(self.aggregate(representations)))

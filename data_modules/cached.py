@@ -1,0 +1,167 @@
+"""What a DataModule hands to the feature cache: sources to build it, and batches read from it.
+
+Building reads each distinct image once and each text once (no image decoding in the text pass);
+reading gathers whole batches of rows from the memory-mapped arrays, one fancy index per array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rlrt.feature_cache import SplitCacheReader
+
+from .base import SampleRecord, load_image
+
+
+def image_table(records: list[SampleRecord]) -> tuple[list[Path], np.ndarray]:
+    """Distinct image files in first-seen order, and each sample's row among them (-1: none)."""
+    rows: dict[Path, int] = {}
+    sample_rows = np.full(len(records), -1, dtype=np.int64)
+    for index, record in enumerate(records):
+        if record.image_path is not None:
+            sample_rows[index] = rows.setdefault(record.image_path, len(rows))
+    return list(rows), sample_rows
+
+
+class ImageRowsDataset(Dataset):
+    """`{"row": int, "image": uint8 (3, S, S)}` for each of the given image files."""
+
+    def __init__(self, paths: list[Path], rows: np.ndarray, image_size: int) -> None:
+        self.paths = paths
+        self.rows = rows
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = int(self.rows[index])
+        return {"row": row, "image": load_image(self.paths[row], self.image_size)}
+
+
+class TextRowsDataset(Dataset):
+    """`{"row": int, "text": str}` for the given sample rows."""
+
+    def __init__(self, texts: list[str], rows: np.ndarray) -> None:
+        self.texts = texts
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = int(self.rows[index])
+        return {"row": row, "text": self.texts[row]}
+
+
+def collate_rows(items: list[dict[str, Any]]) -> dict[str, Any]:
+    batch: dict[str, Any] = {"row": torch.tensor([i["row"] for i in items], dtype=torch.int64)}
+    if "image" in items[0]:
+        batch["image"] = torch.stack([i["image"] for i in items])
+    else:
+        batch["text"] = [i["text"] for i in items]
+    return batch
+
+
+@dataclass
+class CacheSources:
+    """One split as the cache builder needs it."""
+
+    ids: list[str]
+    texts: list[str]
+    image_paths: list[Path]
+    sample_image_row: np.ndarray
+    image_size: int
+
+    def image_dataset(self, rows: np.ndarray) -> ImageRowsDataset:
+        return ImageRowsDataset(self.image_paths, rows, self.image_size)
+
+    def text_dataset(self, rows: np.ndarray) -> TextRowsDataset:
+        return TextRowsDataset(self.texts, rows)
+
+
+def cache_sources(records: list[SampleRecord], image_size: int) -> CacheSources:
+    paths, sample_rows = image_table(records)
+    return CacheSources(
+        ids=[r.id for r in records],
+        texts=[r.text for r in records],
+        image_paths=paths,
+        sample_image_row=sample_rows,
+        image_size=image_size,
+    )
+
+
+class CachedBatches(Dataset):
+    """Whole batches from the cache: the DataLoader's batched fetch (`__getitems__`) returns a
+    batch dict, reading each array once per batch.
+
+    Batch dict: `features` (`Features` of `B` samples, float32), `dummy_features` (`Features` of
+    one sample: the dummy inputs), `label`, `id`, `image_present`, `text_present` (bool `(B,)`).
+    """
+
+    def __init__(
+        self, reader: SplitCacheReader, dummy: SplitCacheReader, labels: torch.Tensor
+    ) -> None:
+        self.reader = reader
+        self.dummy = dummy
+        self.labels = labels  # (N, C) float32 multi-hot or (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        return self.__getitems__([row])
+
+    def __getitems__(self, rows: list[int]) -> dict[str, Any]:
+        index = np.asarray(rows, dtype=np.int64)
+        features, has_image = self.reader.gather(index)
+        dummy, _ = self.dummy.gather(np.zeros(1, dtype=np.int64))
+        return {
+            "features": features,
+            "dummy_features": dummy,
+            "label": self.labels[torch.from_numpy(index)],
+            "id": [self.reader.ids[i] for i in rows],
+            "image_present": has_image,
+            "text_present": torch.ones(len(rows), dtype=torch.bool),
+        }
+
+
+def labels_tensor(records: list[SampleRecord], task: str, num_classes: int) -> torch.Tensor:
+    """`(N, C)` float32 multi-hot (multilabel) or `(N,)` int64 labels in record order."""
+    if task == "multilabel":
+        labels = torch.zeros(len(records), num_classes, dtype=torch.float32)
+        for index, record in enumerate(records):
+            labels[index, list(record.label)] = 1.0
+        return labels
+    return torch.tensor([int(r.label) for r in records], dtype=torch.int64)
+
+
+def _already_batched(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+def cached_loader(
+    batches: CachedBatches,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    drop_last: bool,
+) -> DataLoader:
+    """A plain DataLoader (so Lightning can shard it across devices) whose sampler, generator and
+    batching are those of the online loader: the same samples arrive in the same batches."""
+    return DataLoader(
+        batches,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        collate_fn=_already_batched,
+        num_workers=0,
+    )

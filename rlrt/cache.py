@@ -1,0 +1,309 @@
+"""`rlrt cache`: run the frozen encoders once per split and store the pooled Features.
+
+Same `--config` / `--data.*` / `--model.*` / `--trainer.*` arguments as `fit`; the cache goes to
+`--data.init_args.feature_cache DIR` (or `--cache_dir DIR`). Runs through `trainer.predict`, so
+`--trainer.strategy ddp --trainer.devices N` shards the samples across processes; every process
+writes its rows into the same memory-mapped files and the global-rank-0 process writes the
+manifests. A killed build resumes where it stopped: rows are flagged done only once flushed, and a
+rerun skips them without decoding or encoding them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
+from rlrt.feature_cache import FORMAT_VERSION, Shapes, SplitCacheWriter
+
+SPLITS = ("train", "val", "test")
+
+
+class FeatureExtractor(LightningModule):
+    """The frozen encoders alone, for `trainer.predict` over image rows or text rows."""
+
+    def __init__(self, image_encoder: FrozenImageEncoder, text_encoder: FrozenTextEncoder) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
+        """Image batch -> tokens `(L_s, B, N_i, D_i)` + embedding; text batch -> tokens, mask,
+        embedding; float16 on the CPU, with the rows they belong to."""
+        if len(batch["row"]) == 0:
+            return None
+        out: dict[str, Any] = {"row": batch["row"].cpu().numpy()}
+        if "image" in batch:
+            tokens, _, embedding = self.image_encoder(batch["image"])
+            out.update(image_tokens=tokens.half().cpu(), image_embedding=embedding.half().cpu())
+        else:
+            tokens, mask, embedding = self.text_encoder(batch["text"])
+            out.update(
+                text_tokens=tokens.half().cpu(),
+                text_mask=mask.cpu(),
+                text_embedding=embedding.half().cpu(),
+            )
+        return out
+
+
+class RowWriter(BasePredictionWriter):
+    """Writes each predicted batch into the split's memory-mapped arrays."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(write_interval="batch")
+        self.folder = folder
+        self.writer: SplitCacheWriter | None = None
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if prediction is None:
+            return
+        if self.writer is None:
+            self.writer = SplitCacheWriter(self.folder).open()
+        if "image_tokens" in prediction:
+            self.writer.write_images(
+                prediction["row"], prediction["image_tokens"], prediction["image_embedding"]
+            )
+        else:
+            self.writer.write_texts(
+                prediction["row"],
+                prediction["text_tokens"],
+                prediction["text_mask"],
+                prediction["text_embedding"],
+            )
+
+
+class SkipDone(Dataset):
+    """Wraps a row dataset: rows already flagged done come back as `{"row": r, "skip": True}`
+    without being decoded, so a resumed build only pays for what is missing. Every process sees
+    the same length, so sharding stays consistent."""
+
+    def __init__(self, inner: Dataset, done_file: Path) -> None:
+        self.inner = inner
+        self.done_file = done_file
+        self._done: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._done is None:  # opened lazily: once per DataLoader worker
+            self._done = np.load(self.done_file, mmap_mode="r")
+        row = int(self.inner.rows[index])
+        if self._done[row]:
+            return {"row": row, "skip": True}
+        return self.inner[index]
+
+
+def collate_pending(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the rows still to do: `row` `(B,)` plus `image` `(B, 3, S, S)` or `text`; a batch
+    whose rows are all done already is just an empty `row`."""
+    todo = [i for i in items if not i.get("skip")]
+    batch: dict[str, Any] = {"row": torch.tensor([i["row"] for i in todo], dtype=torch.int64)}
+    if todo and "image" in todo[0]:
+        batch["image"] = torch.stack([i["image"] for i in todo])
+    elif todo:
+        batch["text"] = [i["text"] for i in todo]
+    return batch
+
+
+def global_rank() -> int:
+    """This process's global rank as Lightning's launchers set it (0 outside distributed runs)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    node = int(os.environ.get("NODE_RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    return node * int(os.environ.get("LOCAL_WORLD_SIZE", 1)) + local
+
+
+def wait_for(path: Path, expected: dict[str, Any], timeout: float = 3600.0) -> None:
+    """Non-zero ranks wait for rank 0 to finish allocating (shared filesystem)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and json.loads(path.read_text()) == expected:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"rank {global_rank()}: gave up waiting for {path}")
+
+
+def shapes_of(image_encoder: FrozenImageEncoder, text_encoder: FrozenTextEncoder) -> Shapes:
+    """Per-row shapes, from one encoded dummy pair (cheap, and exact for any encoder)."""
+    tokens_i, _, emb_i = image_encoder(dummy_image(image_encoder))
+    tokens_t, _, emb_t = text_encoder([""])
+    return Shapes(
+        layers=tokens_i.shape[0],
+        image_tokens=tokens_i.shape[2],
+        image_width=tokens_i.shape[3],
+        image_embed=emb_i.shape[1],
+        text_tokens=tokens_t.shape[2],
+        text_width=tokens_t.shape[3],
+        text_embed=emb_t.shape[1],
+    )
+
+
+def dummy_image(image_encoder: FrozenImageEncoder) -> torch.Tensor:
+    size = image_encoder.image_size
+    device = image_encoder.mean.device
+    return torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)
+
+
+def build_dummy(folder: Path, image_encoder, text_encoder, shapes: Shapes, build: dict) -> None:
+    """One row each: the dummy image (all ones after normalisation) and the empty text."""
+    if (folder / "manifest.json").is_file():
+        return
+    SplitCacheWriter.create(
+        folder,
+        build=build,
+        ids=["<dummy>"],
+        sample_image_row=np.zeros(1),
+        num_images=1,
+        shapes=shapes,
+    )
+    writer = SplitCacheWriter(folder).open()
+    tokens, _, embedding = image_encoder(
+        dummy_image(image_encoder), torch.zeros(1, dtype=torch.bool)
+    )
+    writer.write_images(np.zeros(1, dtype=np.int64), tokens.half(), embedding.half())
+    tokens, mask, embedding = text_encoder([""])
+    writer.write_texts(np.zeros(1, dtype=np.int64), tokens.half(), mask, embedding.half())
+    writer.finalize({**build, "split": "dummy"})
+
+
+def build_split(
+    trainer: Trainer,
+    extractor: FeatureExtractor,
+    sources,
+    folder: Path,
+    *,
+    build: dict[str, Any],
+    shapes: Shapes,
+    batch_size: int,
+    num_workers: int,
+) -> None:
+    """Encode one split's distinct images and texts into `folder` (resuming if possible)."""
+    if (folder / "manifest.json").is_file() and json.loads(
+        (folder / "manifest.json").read_text()
+    ) == {**build, "complete": True}:
+        print(f"  {folder.name}: complete already")
+        return
+    num_images = max(len(sources.image_paths), 1)  # keep arrays non-empty; row 0 unused then
+    if global_rank() == 0:
+        SplitCacheWriter.create(
+            folder,
+            build=build,
+            ids=sources.ids,
+            sample_image_row=sources.sample_image_row,
+            num_images=num_images,
+            shapes=shapes,
+        )
+        if not sources.image_paths:
+            marker = np.load(folder / "image_done.npy", mmap_mode="r+")
+            marker[:] = True
+            marker.flush()
+    else:
+        wait_for(folder / "build.json", build)
+    passes = (
+        ("image", sources.image_dataset(np.arange(len(sources.image_paths)))),
+        ("text", sources.text_dataset(np.arange(len(sources.ids)))),
+    )
+    for kind, dataset in passes:
+        if len(dataset) == 0:
+            continue
+        loader = DataLoader(
+            SkipDone(dataset, folder / f"{kind}_done.npy"),
+            batch_size=batch_size,
+            num_workers=num_workers if kind == "image" else 0,
+            collate_fn=collate_pending,
+        )
+        trainer.predict(extractor, dataloaders=loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        SplitCacheWriter(folder).open().finalize({**build, "complete": True})
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def run_cache(argv: list[str]) -> Path:
+    """Entry point of `rlrt cache`; returns the cache folder."""
+    parser = argparse.ArgumentParser(
+        prog="rlrt cache",
+        description=__doc__,
+        epilog="All other arguments are those of `rlrt fit` (--config, --data.*, --model.*, ...).",
+    )
+    parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits")
+    parser.add_argument("--cache_dir", default=None, help="overrides data.feature_cache")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the data's")
+    args, rest = parser.parse_known_args(argv)
+
+    from rlrt.cli import RLRTCLI, parse_only
+
+    configured = parse_only(rest).data.init_args.get("feature_cache")
+    cache_dir = args.cache_dir or configured
+    if not cache_dir:
+        raise ValueError(
+            "rlrt cache needs a destination: --data.init_args.feature_cache DIR (or --cache_dir)"
+        )
+    cache_dir = Path(cache_dir)
+    cli = RLRTCLI(
+        args=[*rest, "--data.init_args.feature_cache=null", "--trainer.logger=false"],
+        run=False,
+        save_config_callback=None,
+    )
+    model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
+    writer = RowWriter(cache_dir)
+    trainer.callbacks.append(writer)
+    extractor = FeatureExtractor(model.image_encoder, model.text_encoder)
+    shapes = shapes_of(model.image_encoder, model.text_encoder)
+    encoders = {
+        "format_version": FORMAT_VERSION,
+        "dtype": "float16",
+        "encoders": model.encoder_identity(),
+    }
+    if global_rank() == 0:
+        build_dummy(cache_dir / "dummy", model.image_encoder, model.text_encoder, shapes, encoders)
+    datamodule.prepare_data()
+    batch_size = args.batch_size or getattr(datamodule, "eval_batch_size", 32)
+    for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
+        start = time.perf_counter()
+        sources = datamodule.cache_sources(split)
+        build = {
+            **encoders,
+            **datamodule.cache_identity(split),
+            "root": str(datamodule.root),
+            "token_pooling": {
+                "image_tokens": shapes.image_tokens,
+                "text_tokens": shapes.text_tokens,
+            },
+        }
+        writer.folder, writer.writer = cache_dir / split, None
+        build_split(
+            trainer,
+            extractor,
+            sources,
+            cache_dir / split,
+            build=build,
+            shapes=shapes,
+            batch_size=batch_size,
+            num_workers=getattr(datamodule, "num_workers", 0),
+        )
+        if trainer.is_global_zero:
+            seconds = time.perf_counter() - start
+            size = folder_size(cache_dir / split) / 2**20
+            print(
+                f"rlrt cache: {split}: {len(sources.ids)} samples, {len(sources.image_paths)} "
+                f"images, {size:.1f} MiB, {seconds:.1f} s -> {cache_dir / split}"
+            )
+    return cache_dir
