@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: help install demo test test-all lint format clean
+.PHONY: help install demo test test-all lint format clean bench bench-data robustness ablations reproduce-table1
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,21 @@ test: install ## fast offline CPU tests
 
 test-all: install ## every test, slow ones included
 	$(OFFLINE) $(BIN)/pytest -q -m ''
+
+robustness: install ## missing-modality and noise grid of CKPT=<checkpoint> -> results/robustness/robustness.{csv,md,png}
+	$(OFFLINE) $(BIN)/rlrt robustness --ckpt_path "$(CKPT)" --output results/robustness $(ROBUSTNESS_ARGS)
+
+ablations: install ## the grid of configs/sweeps/ablations.yaml run here, no W&B server (ABLATION_ARGS= for quick settings) -> results/ablations.md
+	$(OFFLINE) $(BIN)/rlrt ablations $(ABLATION_ARGS)
+
+reproduce-table1: install ## Table 1: MMIMDB_ROOT= FOOD101_ROOT= SNLIVE_ROOT= CLIP_PRETRAINED= TEXT_MODEL= [SEEDS=0,1,2]; SMOKE=1: fake data, tiny encoders
+	$(BIN)/rlrt reproduce-table1
+
+bench: install ## encoders vs feature cache vs training throughput -> results/bench.{json,md}
+	$(OFFLINE) $(BIN)/rlrt bench
+
+bench-data: install ## input-pipeline images/s with 0, 1, 2 workers -> results/bench_data.json
+	$(OFFLINE) $(BIN)/python -m data_modules.bench
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -16,6 +16,7 @@ from .base import (
 from .demo import DemoMMIMDBDataModule, ensure_demo_dataset, write_demo_dataset
 from .food101 import FOOD101_CLASSES, Food101DataModule
 from .mmimdb import MMIMDB_GENRES, MMIMDBDataModule
+from .pairs import PairsDataModule
 from .snli_ve import SNLI_VE_LABELS, SNLIVEDataModule
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ImageTextDataModule",
     "ImageTextDataset",
     "MMIMDBDataModule",
+    "PairsDataModule",
     "SNLIVEDataModule",
     "Rejected",
     "SampleRecord",

@@ -25,7 +25,7 @@ Batch dict (DESIGN.md section 2), `B` samples, `S = image_size`, `C = num_classe
     label          float32 `(B, C)` multi-hot (multilabel) or int64 `(B,)` (multiclass)
     id             list[str], stable sample ids
     image_present  bool `(B,)`, True from the reader (perturbation callbacks edit it)
-    text_present   bool `(B,)`, True from the reader
+    text_present   bool `(B,)`, False where the record has no text (`text_present=False`)
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from rlrt.io import atomic_write_json
+
+from .resumable import ResumableDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class SampleRecord:
     image_path: Path | None
     text: str
     label: list[int] | int
+    text_present: bool = True  # False: the sample has no text (then `text` is "")
 
 
 class Rejected(NamedTuple):
@@ -126,7 +129,9 @@ def load_image(path: Path, size: int, *, draft: bool = True) -> Tensor:
             (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
         )
         array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, S, S)
+    # The copies are numpy's (one thread): torch's intra-op threads, idle-spinning beside a busy
+    # process, made the same copies 100x slower in a DataLoader without workers.
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (3, S, S)
 
 
 def probe_image(path: Path) -> str | None:
@@ -155,8 +160,9 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     keep = [s for s in samples if s["bad_reason"] is None]
     rows = keep or samples[:1]  # all dropped: stack one and slice to an empty batch
     n = len(keep)
+    images = np.stack([s["image"].numpy() for s in rows])  # (B, 3, S, S); numpy: see load_image
     return {
-        "image": torch.stack([s["image"] for s in rows])[:n],
+        "image": torch.from_numpy(images)[:n],
         "text": [s["text"] for s in keep],
         "label": torch.stack([s["label"] for s in rows])[:n],
         "id": [s["id"] for s in keep],
@@ -208,7 +214,7 @@ class ImageTextDataset(Dataset):
         rec = self.records[index]
         s = self.image_size
         bad_reason = None
-        image = torch.zeros(3, s, s, dtype=torch.uint8)
+        image = torch.from_numpy(np.zeros((3, s, s), dtype=np.uint8))  # no image: zeros
         if rec.image_path is not None:
             if rec.image_path not in decoded:
                 try:
@@ -237,7 +243,7 @@ class ImageTextDataset(Dataset):
             "label": label,
             "id": rec.id,
             "image_present": rec.image_path is not None,
-            "text_present": True,
+            "text_present": rec.text_present,
             "bad_reason": bad_reason,
         }
 
@@ -425,8 +431,8 @@ class ImageTextDataModule(L.LightningDataModule):
         """With a trainer attached, write `bad_samples.json` into its run directory (beside
         `config.yaml`), so every fit / validate / test run records what its data dropped."""
         trainer = self.trainer
-        if trainer is None:
-            return
+        if trainer is None or trainer.logger is None:
+            return  # no run directory (logger off): nothing to put the report beside
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks, rank zero writes
         if log_dir is not None and trainer.is_global_zero:
             self.write_bad_sample_report(Path(log_dir) / BAD_SAMPLE_REPORT)
@@ -451,7 +457,9 @@ class ImageTextDataModule(L.LightningDataModule):
                 generator=generator,
                 drop_last=drop_last,
             )
-        return DataLoader(
+        # The training loader resumes mid-epoch in the same order (see resumable.py).
+        loader_class = ResumableDataLoader if shuffle else DataLoader
+        return loader_class(
             self.dataset(split),
             batch_size=batch_size,
             shuffle=shuffle,
@@ -498,7 +506,8 @@ class ImageTextDataModule(L.LightningDataModule):
         self.feature_cache_manifest = reader.manifest
         records = self.dataset(split).records
         labels = labels_tensor(records, self.task, self.num_classes)
-        self._cached[split] = CachedBatches(reader, dummy, labels)
+        text_present = torch.tensor([r.text_present for r in records], dtype=torch.bool)
+        self._cached[split] = CachedBatches(reader, dummy, labels, text_present)
         return self._cached[split]
 
     def _build(self, split: str) -> ImageTextDataset:
@@ -526,7 +535,7 @@ class ImageTextDataModule(L.LightningDataModule):
                 f"({', '.join(f'{k}: {n}' for k, n in kinds.most_common())}), kept "
                 f"{len(records)}; ids and reasons in .bad_samples / write_bad_sample_report()"
             )
-        log.info("%s %s: %d samples", self.dataset_name, split, len(records))
+        rank_zero_info(f"{self.dataset_name} {split}: {len(records)} samples")  # shown by the CLI
         return ImageTextDataset(
             records,
             split=split,

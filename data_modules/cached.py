@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from rlrt.feature_cache import SplitCacheReader
 
 from .base import SampleRecord, load_image
+from .resumable import ResumableDataLoader
 
 
 def image_table(records: list[SampleRecord]) -> tuple[list[Path], np.ndarray]:
@@ -106,11 +107,16 @@ class CachedBatches(Dataset):
     """
 
     def __init__(
-        self, reader: SplitCacheReader, dummy: SplitCacheReader, labels: torch.Tensor
+        self,
+        reader: SplitCacheReader,
+        dummy: SplitCacheReader,
+        labels: torch.Tensor,
+        text_present: torch.Tensor,
     ) -> None:
         self.reader = reader
         self.dummy = dummy
         self.labels = labels  # (N, C) float32 multi-hot or (N,) int64
+        self.text_present = text_present  # (N,) bool: False where the record has no text
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -128,7 +134,7 @@ class CachedBatches(Dataset):
             "label": self.labels[torch.from_numpy(index)],
             "id": [self.reader.ids[i] for i in rows],
             "image_present": has_image,
-            "text_present": torch.ones(len(rows), dtype=torch.bool),
+            "text_present": self.text_present[torch.from_numpy(index)],
         }
 
 
@@ -156,7 +162,8 @@ def cached_loader(
 ) -> DataLoader:
     """A plain DataLoader (so Lightning can shard it across devices) whose sampler, generator and
     batching are those of the online loader: the same samples arrive in the same batches."""
-    return DataLoader(
+    loader_class = ResumableDataLoader if shuffle else DataLoader  # as the online loader
+    return loader_class(
         batches,
         batch_size=batch_size,
         shuffle=shuffle,

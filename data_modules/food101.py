@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
 
 from .base import ImageTextDataModule, Rejected, SampleRecord, SampleRejected, Task
 
@@ -217,12 +218,9 @@ class Food101DataModule(ImageTextDataModule):
                 f"(e.g. --data.val_size=0.1)"
             )
         val = stratified_val_indices([r.label for r in rows], count, self.split_seed)
-        log.info(
-            "%s: validation split of %d of the %d valid train rows (stratified, split_seed=%d)",
-            self.dataset_name,
-            count,
-            len(rows),
-            self.split_seed,
+        rank_zero_info(
+            f"{self.dataset_name}: validation split of {count} of the {len(rows)} valid train "
+            f"rows (stratified, split_seed={self.split_seed})"
         )
         return val
 
@@ -258,7 +256,9 @@ class Food101DataModule(ImageTextDataModule):
                 name = fields[0] if fields else line
                 if not name.lower().endswith((".jpg", ".txt")):
                     parsed.header = line.strip()
-                    log.info("%s: %s is a header row, skipped: %r", self.dataset_name, place, line)
+                    rank_zero_info(
+                        f"{self.dataset_name}: {place} is a header row, skipped: {line!r}"
+                    )
                     continue
             try:
                 row = self._row(fields, image_dir, place, parsed)
@@ -323,7 +323,7 @@ class Food101DataModule(ImageTextDataModule):
         }
         for what, n in notes.items():
             if n:
-                log.info("%s %s CSV: %d %s", self.dataset_name, csv_split, n, what)
+                rank_zero_info(f"{self.dataset_name} {csv_split} CSV: {n} {what}")
         kinds = Counter(r.reason.split(":")[0] for r in parsed.rejected)
         log.info(
             "%s %s CSV: %d valid rows, %d refused (%s)",

@@ -24,7 +24,13 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
-from rlrt.feature_cache import FORMAT_VERSION, Shapes, SplitCacheWriter
+from rlrt.feature_cache import (
+    FORMAT_VERSION,
+    CacheMismatchError,
+    Shapes,
+    SplitCacheWriter,
+    first_difference,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -158,10 +164,36 @@ def dummy_image(image_encoder: FrozenImageEncoder) -> torch.Tensor:
     return torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)
 
 
+def is_complete(folder: Path, build: dict[str, Any]) -> bool:
+    manifest = folder / "manifest.json"
+    return manifest.is_file() and json.loads(manifest.read_text()) == {**build, "complete": True}
+
+
+def claim(folder: Path, build: dict[str, Any], overwrite: bool) -> bool:
+    """Whether `folder` still needs building for `build`; refuses to replace another config's
+    cache (complete or not) unless `overwrite`."""
+    manifest, started = folder / "manifest.json", folder / "build.json"
+    if is_complete(folder, build):
+        return False
+    if manifest.is_file():
+        saved = json.loads(manifest.read_text())
+    elif not started.is_file() or json.loads(started.read_text()) == build:
+        return True  # nothing there, or our own unfinished build: resume it
+    else:
+        saved = json.loads(started.read_text())
+    field = first_difference(saved, {**build, "complete": True}) or "?"
+    if not overwrite:
+        raise CacheMismatchError(
+            f"{folder} holds a feature cache of another config ({field} differs); "
+            "pass --overwrite to replace it, or choose another folder"
+        )
+    for path in folder.iterdir():
+        path.unlink()
+    return True
+
+
 def build_dummy(folder: Path, image_encoder, text_encoder, shapes: Shapes, build: dict) -> None:
     """One row each: the dummy image (all ones after normalisation) and the empty text."""
-    if (folder / "manifest.json").is_file():
-        return
     SplitCacheWriter.create(
         folder,
         build=build,
@@ -177,7 +209,7 @@ def build_dummy(folder: Path, image_encoder, text_encoder, shapes: Shapes, build
     writer.write_images(np.zeros(1, dtype=np.int64), tokens.half(), embedding.half())
     tokens, mask, embedding = text_encoder([""])
     writer.write_texts(np.zeros(1, dtype=np.int64), tokens.half(), mask, embedding.half())
-    writer.finalize({**build, "split": "dummy"})
+    writer.finalize({**build, "complete": True})
 
 
 def build_split(
@@ -192,11 +224,6 @@ def build_split(
     num_workers: int,
 ) -> None:
     """Encode one split's distinct images and texts into `folder` (resuming if possible)."""
-    if (folder / "manifest.json").is_file() and json.loads(
-        (folder / "manifest.json").read_text()
-    ) == {**build, "complete": True}:
-        print(f"  {folder.name}: complete already")
-        return
     num_images = max(len(sources.image_paths), 1)  # keep arrays non-empty; row 0 unused then
     if global_rank() == 0:
         SplitCacheWriter.create(
@@ -246,6 +273,9 @@ def run_cache(argv: list[str]) -> Path:
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits")
     parser.add_argument("--cache_dir", default=None, help="overrides data.feature_cache")
     parser.add_argument("--batch_size", type=int, default=None, help="default: the data's")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a cache built for another config"
+    )
     args, rest = parser.parse_known_args(argv)
 
     from rlrt.cli import RLRTCLI, parse_only
@@ -272,7 +302,7 @@ def run_cache(argv: list[str]) -> Path:
         "dtype": "float16",
         "encoders": model.encoder_identity(),
     }
-    if global_rank() == 0:
+    if global_rank() == 0 and claim(cache_dir / "dummy", encoders, args.overwrite):
         build_dummy(cache_dir / "dummy", model.image_encoder, model.text_encoder, shapes, encoders)
     datamodule.prepare_data()
     batch_size = args.batch_size or getattr(datamodule, "eval_batch_size", 32)
@@ -289,6 +319,13 @@ def run_cache(argv: list[str]) -> Path:
             },
         }
         writer.folder, writer.writer = cache_dir / split, None
+        if global_rank() == 0:
+            needed = claim(cache_dir / split, build, args.overwrite)
+        else:  # the same decision, without touching files (rank 0 owns them)
+            needed = not is_complete(cache_dir / split, build)
+        if not needed:
+            print(f"rlrt cache: {split}: complete already -> {cache_dir / split}")
+            continue
         build_split(
             trainer,
             extractor,

@@ -9,23 +9,48 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import ArgumentParser, Namespace
 from lightning import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
+from rlrt.checkpoints import find_last_checkpoint, read_checkpoint
+from rlrt.errors import command_name, run_reporting_errors, split_debug_flag
 from rlrt.io import atomic_write_json
+from rlrt.resume import ExactResume
+from rlrt.run_dir import NoOverwriteSaveConfig, last_checkpoint_folders, refuse_used_run_dir
 from rlrt.system import RLRT
 
 
 class RLRTCLI(LightningCLI):
-    """LightningCLI for `RLRT` with any `LightningDataModule` by `class_path`."""
+    """LightningCLI for `RLRT` with any `LightningDataModule` by `class_path`.
+
+    Reliability (see README, "Reliability"):
+    - parse errors raise `ArgumentError` (`main` prints them as one line) instead of a usage dump;
+    - every run writes into a new run directory and refuses to reuse one (`NoOverwriteSaveConfig`);
+    - `--ckpt_path last` is the newest `last*.ckpt` of any earlier run of the logger's directory
+      (a resumed run gets its own directory); checkpoints load with `weights_only=True` and are
+      checked (readable, digest, encoders, head) before anything runs;
+    - the RNG states and the loader's position travel with checkpoints (`ExactResume`), so a
+      resumed `fit` continues exactly as an uninterrupted one;
+    - the config decides the model: Lightning's merging of a checkpoint's hyperparameters into
+      the config is off, and a checkpoint that disagrees with the config is refused.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("model_class", RLRT)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", NoOverwriteSaveConfig)
+        kwargs["parser_kwargs"] = {"exit_on_error": False, **(kwargs.get("parser_kwargs") or {})}
+        defaults = dict(kwargs.get("trainer_defaults") or {})
+        callbacks = defaults.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        defaults["callbacks"] = [*callbacks, ExactResume()]
+        kwargs["trainer_defaults"] = defaults
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -46,6 +71,7 @@ class RLRTCLI(LightningCLI):
         """Apply `layer_pairs` to both encoders; for `predict`, give a data module that reads its
         classes from a checkpoint (an init arg `checkpoint` left unset) the `--ckpt_path`."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        _refuse_linked_model_values(config)
         pairs = config.get("layer_pairs")
         if pairs is not None:
             for side in ("image_encoder", "text_encoder"):
@@ -55,17 +81,61 @@ class RLRTCLI(LightningCLI):
             if init_args.checkpoint is None:
                 init_args.checkpoint = config.ckpt_path
 
+    def _parse_ckpt_path(self) -> None:
+        """Off: Lightning would overwrite the config's model with the checkpoint's
+        hyperparameters, silently. Here the config decides, and `RLRT.on_load_checkpoint`
+        refuses a checkpoint that does not fit it, naming the field."""
+
+    def after_instantiate_classes(self) -> None:
+        """Refuse a used run directory, resolve `--ckpt_path last`, default `weights_only` to
+        True, and read the checkpoint once (truncated, corrupted or pickled files fail here, in
+        one line, before any work)."""
+        if not self.subcommand:
+            return
+        if self.save_config_callback is not None:
+            refuse_used_run_dir(self.trainer)  # before the data module writes its report there
+        config = self.config_init[self.subcommand]
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True
+        if config.get("ckpt_path") == "last":
+            config.ckpt_path = self._last_checkpoint()
+        if config.get("ckpt_path") not in (None, "best", "hpc"):
+            read_checkpoint(config.ckpt_path)
+
+    def _last_checkpoint(self) -> str | None:
+        folders = last_checkpoint_folders(self.trainer)
+        found = find_last_checkpoint(folders)
+        if found is not None:
+            rank_zero_info(f"--ckpt_path last: {found}")
+            return str(found)
+        where = ", ".join(str(f) for f in folders[:3]) or "the logger's directory (none yet)"
+        if self.subcommand == "fit":
+            rank_zero_info(f"--ckpt_path last: no last checkpoint in {where}; starting afresh")
+            return None
+        raise FileNotFoundError(
+            f"--ckpt_path last: no last checkpoint in {where}; run `rlrt fit` with this config "
+            "first, or give the path of a checkpoint"
+        )
+
     def after_test(self) -> None:
-        """Write the test metrics to `metrics.json` in the run directory (beside config.yaml)."""
+        """Write the test metrics to `metrics.json` in the run directory (beside config.yaml),
+        and the perturbation protocol in effect (callbacks with a `protocol()`, e.g.
+        `MissingModality`, `ModalityNoise`) to `protocol.json`."""
         metrics = {
             key: float(value)
             for key, value in self.trainer.callback_metrics.items()
             if key.startswith("test/")
         }
         self.test_metrics = metrics
+        protocol = {"missing_strategy": getattr(self.model, "missing_strategy", None)}
+        for callback in self.trainer.callbacks:
+            if callable(getattr(callback, "protocol", None)):
+                protocol.update(callback.protocol(self.model))
+        self.test_protocol = protocol
         log_dir = self.trainer.log_dir
         if log_dir is not None and self.trainer.is_global_zero:
             atomic_write_json(Path(log_dir) / "metrics.json", metrics)
+            atomic_write_json(Path(log_dir) / "protocol.json", protocol)
 
 
 # Commands beyond Lightning's own: name -> "module:function(argv)". Each takes the same
@@ -74,7 +144,12 @@ EXTRA_COMMANDS = {
     "demo": "rlrt.demo:run_demo",
     "robustness": "rlrt.robustness:run_robustness",
     "robustness-report": "rlrt.robustness_report:run_report",
+    "fit-test": "rlrt.fit_test:run_fit_test",
+    "ablations": "rlrt.ablations:run_ablations",
+    "reproduce-table1": "rlrt.reproduce:run_reproduce_table1",
     "cache": "rlrt.cache:run_cache",
+    "bench": "rlrt.bench:run_bench",
+    "inspect-data": "rlrt.inspect_data:run_inspect_data",
 }
 
 
@@ -96,16 +171,41 @@ class _ParseOnlyCLI(RLRTCLI):
         pass
 
 
+def _refuse_linked_model_values(config: Namespace) -> None:
+    """A config file may set `model.num_classes` (the command line may not); the data module's
+    value would silently replace it, so say so instead."""
+    model = config.get("model")
+    for name in ("num_classes", "task", "class_names"):
+        if model is not None and model.get(name) is not None:
+            raise ValueError(
+                f"model.{name}={model.get(name)!r} is set in the config, but {name} comes from "
+                f"the data module (data.{name}); remove model.{name} from the config"
+            )
+
+
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: Lightning's subcommands, plus the extra commands above."""
+    """Console entry point: Lightning's subcommands, plus the extra commands above.
+
+    A user error (bad config, missing data or model, unusable checkpoint, ...) ends with one line
+    `rlrt: error: ...` on stderr and exit status 2; `--debug` anywhere shows the traceback.
+    """
     argv = list(sys.argv[1:] if args is None else args)
+    commands = [*LightningCLI.subcommands(), *EXTRA_COMMANDS]
+    run_reporting_errors(_dispatch, argv, command_name(split_debug_flag(argv)[0], commands))
+
+
+def _dispatch(argv: list[str]) -> None:
     if argv[:1] and argv[0] in EXTRA_COMMANDS:
         module_name, function_name = EXTRA_COMMANDS[argv[0]].split(":")
         getattr(importlib.import_module(module_name), function_name)(argv[1:])
         return
     if argv[:1] in (["-h"], ["--help"]):
-        print(f"extra commands: {', '.join(EXTRA_COMMANDS)} (each with --help)\n")
-    RLRTCLI(args=args)
+        print(f"extra commands: {', '.join(EXTRA_COMMANDS)} (each with --help)")
+        print("--debug (anywhere): show the traceback of an error\n")
+    with warnings.catch_warnings():
+        # argv is passed explicitly (without --debug); Lightning warns when sys.argv has more.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        RLRTCLI(args=argv)
 
 
 if __name__ == "__main__":

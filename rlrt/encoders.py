@@ -109,7 +109,16 @@ class FrozenImageEncoder(FrozenEncoder):
             raise FileNotFoundError(f"image encoder checkpoint {pretrained!r} does not exist")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
-            clip = open_clip.create_model(model_name, pretrained=pretrained)
+            try:
+                clip = open_clip.create_model(model_name, pretrained=pretrained)
+            except RuntimeError as err:  # unknown tag, or weights neither cached nor reachable
+                if pretrained is None:
+                    raise
+                raise FileNotFoundError(
+                    f"image encoder weights {pretrained!r} for {model_name!r} cannot be loaded "
+                    f"({' '.join(str(err).split())}); give a tag whose weights are cached here, "
+                    "or a local checkpoint file"
+                ) from err
         visual = clip.visual
         if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer"):
             raise ValueError(f"{model_name!r} is not a ViT; token states need a ViT image tower")

@@ -24,10 +24,25 @@ def _whitening_factor(covariance: Tensor) -> Tensor:
     return factor
 
 
+def _unit_average_variance(centred: Tensor, n: int) -> Tensor:
+    """Scale a centred view `(B, d)` so its per-column variances average 1 (zero stays zero).
+
+    Canonical correlations do not depend on the scale; the ridge does. Fixing the scale makes `r`
+    mean the same for any feature magnitude, and keeps the whitening well conditioned (a ridge of
+    1e-3 against variances of 1e12 would leave rounding noise as large as the correlations).
+    """
+    mean_variance = centred.pow(2).sum() / (max(n - 1, 1) * centred.shape[1])
+    # A floor before the square root: its gradient at 0 is infinite (constant views), and a view
+    # this flat is constant for CCA's purposes; scaling it up further would only amplify noise.
+    return centred / mean_variance.clamp(min=1e-12).sqrt()
+
+
 def canonical_correlations(x: Tensor, y: Tensor, r: float = 1e-3) -> Tensor:
     """The regularised canonical correlations of two views, largest first.
 
-    With centred `X (B, d_x)`, `Y (B, d_y)`: `S_xx = X^T X / (B - 1) + r I`, `S_yy` likewise,
+    With centred `X (B, d_x)`, `Y (B, d_y)`, each scaled to unit average column variance
+    (canonical correlations are scale-free; this makes the ridge relative to the features' scale):
+    `S_xx = X^T X / (B - 1) + r I`, `S_yy` likewise,
     `S_xy = X^T Y / (B - 1)`; the correlations are the singular values of
     `F = S_xx^{-1/2} S_xy S_yy^{-1/2}`. Computed in float64.
 
@@ -41,8 +56,8 @@ def canonical_correlations(x: Tensor, y: Tensor, r: float = 1e-3) -> Tensor:
     x = x.to(torch.float64)
     y = y.to(torch.float64)
     n = x.shape[0]
-    x = x - x.mean(dim=0, keepdim=True)
-    y = y - y.mean(dim=0, keepdim=True)
+    x = _unit_average_variance(x - x.mean(dim=0, keepdim=True), n)
+    y = _unit_average_variance(y - y.mean(dim=0, keepdim=True), n)
     denom = max(n - 1, 1)
     eye_x = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     eye_y = torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
@@ -54,8 +69,10 @@ def canonical_correlations(x: Tensor, y: Tensor, r: float = 1e-3) -> Tensor:
     # F = L_x^{-1} S_xy L_y^{-T}: two triangular solves instead of explicit inverses.
     left = torch.linalg.solve_triangular(l_x, s_xy, upper=False)  # L_x^{-1} S_xy
     whitened = torch.linalg.solve_triangular(l_y, left.T, upper=False).T  # (d_x, d_y)
-    # svdvals' gradient is U V^T: finite even for repeated or zero singular values.
-    return torch.linalg.svdvals(whitened)
+    # svdvals' gradient is U V^T: finite even for repeated or zero singular values. Correlations
+    # lie in [0, 1]; with huge values against a tiny ridge the whitening is ill-conditioned and
+    # rounding can push one just past 1, so clamp.
+    return torch.linalg.svdvals(whitened).clamp(max=1.0)
 
 
 def cca_loss(x: Tensor, y: Tensor, r: float = 1e-3, top_k: int | None = None) -> Tensor:

@@ -1,4 +1,4 @@
-"""`rlrt robustness`: evaluate one checkpoint over a grid of missing-modality and noise settings.
+r"""`rlrt robustness`: evaluate one checkpoint over a grid of missing-modality and noise settings.
 
     rlrt robustness --ckpt_path RUN/checkpoints/last.ckpt --output results/robustness/rlrt \
         [--config ...] [--data.* / --model.* / --trainer.* overrides]
@@ -14,13 +14,19 @@ attached, so the frozen encoders are loaded once. Perturbation callbacks of the 
 dropped (`--trainer.callbacks=[]`): the grid sets the perturbation. Settings at rate 0 or level 0
 are the clean setting and are evaluated once. The test metrics are written into `--output`:
 `robustness.csv` (one row per setting and metric, protocol columns included), `robustness.md`
-and `robustness.png` (see `rlrt.robustness_report`); the clean `rlrt test` run also leaves its
-`metrics.json` there.
+and `robustness.png` (see `rlrt.robustness_report`); each build's `rlrt test` run keeps its
+config.yaml, metrics.json and raw test logs in `OUTPUT/runs/robustness/version_N`.
+
+With a feature cache in the config, the missing-modality grid runs on the cached features (the
+dummy inputs' features are cached too); noise needs the raw pixels and words, so the noise grid
+runs on a second build without the cache. The `features` column says which (`cache`, `online`);
+each part has its own clean result (cached features are float16: they may differ slightly).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,37 +101,69 @@ def build_grid(
     return grid
 
 
+class Evaluator:
+    """Test runs of one checkpoint on one built model, data module and trainer.
+
+    Building is an ordinary `rlrt test` run (no perturbation): its metrics are the clean result.
+    Calling it with a setting runs `trainer.test` with that setting's perturbation callback.
+    `source` says where the features come from: `cache` (a feature cache) or `online`.
+    """
+
+    def __init__(
+        self, cli_args: list[str], checkpoint: str, strategy: str | None, fraction: float
+    ) -> None:
+        from rlrt.cli import RLRTCLI
+
+        self.cli = RLRTCLI(args=["test", *cli_args, "--ckpt_path", checkpoint])
+        self.checkpoint = checkpoint
+        self.strategy = strategy
+        self.fraction = fraction
+        self.clean = dict(self.cli.test_metrics)
+        cached = getattr(self.cli.datamodule, "feature_cache", None) is not None
+        self.source = "cache" if cached else "online"
+
+    def __call__(self, setting: Setting) -> dict[str, float]:
+        callback = setting.callback(self.strategy, self.fraction)
+        if callback is None:
+            return self.clean
+        trainer = self.cli.trainer
+        added = instantiate_class((), callback)
+        trainer.callbacks.append(added)
+        try:
+            results = trainer.test(
+                self.cli.model,
+                datamodule=self.cli.datamodule,
+                ckpt_path=self.checkpoint,
+                verbose=False,
+                weights_only=True,  # as every rlrt command: never unpickle a checkpoint
+            )
+        finally:
+            trainer.callbacks.remove(added)
+        return {k: float(v) for k, v in results[0].items()}
+
+
 def evaluate_grid(
     grid: list[Setting],
-    evaluate: Callable[[dict[str, Any] | None], dict[str, float]],
+    evaluate: Callable[[Setting], tuple[dict[str, float], str]],
     *,
     strategy: str,
     fraction: float,
     model: str,
     checkpoint: str,
-    callback_strategy: str | None = None,
-    clean: dict[str, float] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Evaluate each grid point (the clean setting once) and return the results frame.
+    """Evaluate each grid point and return the results frame (columns `COLUMNS`).
 
     Args:
         grid: the settings.
-        evaluate: callback class_path dict (or None: clean) -> test metrics `{"test/<m>": v}`.
+        evaluate: setting -> (test metrics `{"test/<m>": v}`, features source).
         strategy: the missing-modality substitution in effect (recorded).
-        fraction: the noised share of the samples.
+        fraction: the noised share of the samples (recorded).
         model, checkpoint: recorded in every row.
-        callback_strategy: the strategy given to `MissingModality` (None: the model's).
-        clean: the clean metrics when already known (then not evaluated again).
     """
     rows = []
     for setting in tqdm(grid, desc="robustness grid", disable=not progress):
-        if setting.clean:
-            if clean is None:
-                clean = evaluate(None)
-            metrics = clean
-        else:
-            metrics = evaluate(setting.callback(callback_strategy, fraction))
+        metrics, source = evaluate(setting)
         protocol = setting.protocol(strategy, fraction)
         for key, value in metrics.items():
             name = key.removeprefix("test/")
@@ -136,6 +174,7 @@ def evaluate_grid(
                     "model": model,
                     "checkpoint": checkpoint,
                     **protocol,
+                    "features": source,
                     "metric": name,
                     "value": float(value),
                 }
@@ -150,7 +189,8 @@ def _floats(text: str) -> list[float]:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="rlrt robustness",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
         epilog="Other arguments (--config, --data.*, --model.*, --trainer.*) go to `rlrt test`.",
     )
@@ -187,8 +227,6 @@ def run_config(checkpoint: Path, overrides: list[str]) -> list[str]:
 
 
 def run_robustness(argv: list[str]) -> pd.DataFrame:
-    from rlrt.cli import RLRTCLI
-
     args, overrides = parse_args(argv)
     checkpoint = Path(args.ckpt_path)
     if not checkpoint.is_file():
@@ -201,47 +239,38 @@ def run_robustness(argv: list[str]) -> pd.DataFrame:
         modalities=[m for m in args.noise_modalities.split(",") if m],
         seeds=[int(s) for s in args.seeds.split(",") if s],
     )
+    logger = {  # each build's config.yaml, metrics.json and raw test logs, a new version each
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(output / "runs"), "name": "robustness"},
+    }
     quiet = [
         "--trainer.callbacks=[]",
-        "--trainer.logger=false",
+        f"--trainer.logger={json.dumps(logger)}",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={output}",
     ]
-    cli = RLRTCLI(
-        args=[
-            "test",
-            *run_config(checkpoint, overrides),
-            *quiet,
-            *overrides,
-            "--ckpt_path",
-            str(checkpoint),
-        ]
-    )
-    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    cli_args = [*run_config(checkpoint, overrides), *quiet, *overrides]
+    primary = Evaluator(cli_args, str(checkpoint), args.strategy, args.noise_fraction)
+    raw: list[Evaluator] = []  # built on first need: noise on the raw inputs
 
-    def evaluate(callback: dict[str, Any] | None) -> dict[str, float]:
-        added = [] if callback is None else [instantiate_class((), callback)]
-        trainer.callbacks.extend(added)
-        try:
-            results = trainer.test(
-                model, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False
-            )
-        finally:
-            for item in added:
-                trainer.callbacks.remove(item)
-        return {k: float(v) for k, v in results[0].items()}
+    def evaluate(setting: Setting) -> tuple[dict[str, float], str]:
+        evaluator = primary
+        if setting.perturbation == "noise" and primary.source == "cache":
+            if not raw:
+                print("robustness: noise needs the raw inputs; evaluating it without the cache")
+                no_cache = [*cli_args, "--data.init_args.feature_cache=null"]
+                raw.append(Evaluator(no_cache, str(checkpoint), args.strategy, args.noise_fraction))
+            evaluator = raw[0]
+        return evaluator(setting), evaluator.source
 
-    strategy = args.strategy or model.missing_strategy
+    trainer = primary.cli.trainer
     frame = evaluate_grid(
         grid,
         evaluate,
-        strategy=strategy,
+        strategy=args.strategy or primary.cli.model.missing_strategy,
         fraction=args.noise_fraction,
         model=args.name or checkpoint.resolve().parent.parent.name,
         checkpoint=str(checkpoint),
-        callback_strategy=args.strategy,
-        clean=cli.test_metrics,  # the `rlrt test` run above: no perturbation
         progress=trainer.is_global_zero,
     )
     if trainer.is_global_zero:

@@ -26,6 +26,7 @@ COLUMNS = [
     "noise_level",
     "noise_fraction",
     "missing_strategy",
+    "features",
     "seed",
     "metric",
     "value",

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
+from rlrt.checkpoints import add_digest, check_same, verify_digest
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.feature_cache import check_fields
 from rlrt.features import Features
@@ -20,6 +21,24 @@ from rlrt.losses import CCALoss
 from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
 
 ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")
+# Hyperparameters that shape the trained head or the meaning of its outputs: a checkpoint must
+# agree with the config on each of them (the optimiser's and the loss's settings may differ).
+ARCHITECTURE_HPARAMS = (
+    "num_classes",
+    "task",
+    "class_names",
+    "common_dim",
+    "num_heads",
+    "fbp_window",
+    "fusion_dim",
+    "hidden_dim",
+    "num_queries",
+    "cross_attention",
+    "bilinear",
+    "use_robust",
+    "use_image_embedding",
+    "use_text_embedding",
+)
 
 
 def make_metrics(task: str, num_classes: int) -> MetricCollection:
@@ -209,8 +228,11 @@ class RLRT(LightningModule):
     def forward(self, features: Features) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Features -> logits `(B, C)`, `h_i` `(L_s, B, d_c)`, `h_t` `(L_s, B, d_c)`.
 
-        Without MoLT (`use_robust=False`, `beta=0`) `h_i` and `h_t` are None.
+        Without MoLT (`use_robust=False`, `beta=0`) `h_i` and `h_t` are None. Features of another
+        floating dtype (float16 from a cache, say) are cast to the head's dtype first.
         """
+        if features.image_tokens.dtype != self.dtype:
+            features = features.to(dtype=self.dtype)
         if self.molt is None:
             logits = self.fusion(None, features.image_embedding, features.text_embedding)
             return logits, None, None
@@ -231,8 +253,16 @@ class RLRT(LightningModule):
         return logits, h_image, h_text
 
     def setup(self, stage: str) -> None:
-        """Refuse a feature cache built with other encoders than this model's."""
+        """Refuse a data module with another number of classes, and a feature cache built with
+        other encoders than this model's."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if isinstance(data_classes, int) and data_classes != self.num_classes:
+            raise ValueError(
+                f"the model has num_classes={self.num_classes} but the data module "
+                f"{type(datamodule).__name__} has {data_classes} classes; build the model with "
+                "the data's num_classes (the CLI links it from the data module)"
+            )
         manifest = getattr(datamodule, "feature_cache_manifest", None)
         if manifest is not None:
             check_fields(
@@ -341,8 +371,15 @@ class RLRT(LightningModule):
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """`{"id": [str], "scores": (B, C), "image_present": (B,), "text_present": (B,)}`."""
         logits, _, _ = self(self.features_of(batch))
-        return {"id": batch.get("id"), "scores": self.scores(logits)}
+        both = torch.ones(logits.shape[0], dtype=torch.bool)
+        return {
+            "id": batch.get("id"),
+            "scores": self.scores(logits),
+            "image_present": batch.get("image_present", both),
+            "text_present": batch.get("text_present", both),
+        }
 
     # ---------------------------------------------------------------- optimisation
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -368,6 +405,13 @@ class RLRT(LightningModule):
         }
 
     # ---------------------------------------------------------------- checkpoints
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> RLRT:
+        """Lightning's `load_from_checkpoint`, with `weights_only=True` unless given: a
+        checkpoint holds tensors and plain values only, and nothing else is unpickled."""
+        kwargs.setdefault("weights_only", True)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def encoder_identity(self) -> dict[str, Any]:
         return {"image": self.image_encoder.identity(), "text": self.text_encoder.identity()}
 
@@ -378,9 +422,21 @@ class RLRT(LightningModule):
             k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIXES)
         }
         checkpoint["rlrt_encoders"] = self.encoder_identity()
+        add_digest(checkpoint)  # Lightning calls this hook last: the digest covers everything
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint trained on other encoders; refill the frozen weights from ours."""
+        """Refuse a corrupted checkpoint or one trained on other encoders or with another head;
+        refill the frozen weights from ours."""
+        verify_digest(checkpoint)
+        check_same(
+            checkpoint.get("hyper_parameters", {}),
+            {**self.hparams, "num_classes": self.num_classes, "task": self.task},
+            ARCHITECTURE_HPARAMS,
+            "",
+            "a checkpoint only fits a model built like the one it was trained with "
+            "(see the checkpoint's config.yaml; num_classes, task and class_names come from "
+            "the data)",
+        )
         saved = checkpoint.get("rlrt_encoders")
         if saved is not None:
             ours = self.encoder_identity()

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from tests.tiny_models import write_tiny_llama, write_tiny_vit_config  # noqa: E402
+from rlrt.tiny_encoders import write_tiny_llama, write_tiny_vit_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -232,3 +232,32 @@ def test_cli_signature():
     assert cfg.data.eval_batch_size is None and cfg.data.on_bad_sample == "skip"
     dm = MMIMDBDataModule(**cfg.data.as_dict())
     assert dm.hparams["text_unit"] == "all" and dm.hparams["image_size"] == 64
+
+
+def test_one_decode_per_poster_with_text_unit_all(tmp_path, monkeypatch):
+    """The plots of one movie share its poster: one decode per batch, shared pixels."""
+    import data_modules.base as base
+
+    fake = write_fake_mmimdb(tmp_path / "mmimdb")
+    dm = setup_all(make(fake.root, text_unit="all", eval_batch_size=8))
+    calls = []
+    load = base.load_image
+    monkeypatch.setattr(base, "load_image", lambda p, s, **k: calls.append(p) or load(p, s, **k))
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["id"] == ["0000014#0", "0000014#1", "0000014#2"]
+    assert len(calls) == 1
+    assert torch.equal(batch["image"][0], batch["image"][2])
+
+
+def test_clean_copy_and_source_counts(tmp_path):
+    fake = write_fake_mmimdb(tmp_path / "clean", dirty=False, num_movies=10)
+    dm = setup_all(make(fake.root, text_unit="all"))
+    assert dm.bad_samples == []
+    assert {s: [r.id.split("#")[0] for r in dm.dataset(s).records] for s in fake.kept} == {
+        s: [m for m in ids for _ in fake.movies[m]["plot"]] for s, ids in fake.kept.items()
+    }
+    # source counts are movies in split.json, whatever the text unit
+    assert [dm.source_count(s) for s in ("train", "val", "test")] == [6, 2, 2]
+    assert dm.expected_split_sizes() == {"train": 15_552, "val": 2_608, "test": 7_799}
+    again = write_fake_mmimdb(tmp_path / "again", dirty=False, num_movies=10)
+    assert again.movies == fake.movies and again.kept == fake.kept

@@ -203,3 +203,27 @@ def test_shared_images_are_stored_once():
     paths, rows = image_table(records)
     assert paths == [Path("img0.jpg"), Path("img1.jpg"), Path("img2.jpg")]
     assert rows.tolist() == [0, 1, 2, 0, 1, 2, 0, -1]
+
+
+def test_a_cache_of_another_config_is_never_overwritten_unasked(
+    cache, tmp_path, tiny_vit_config, tiny_llama_dir
+):
+    before = (cache / "train" / "text_tokens.npy").read_bytes()
+    with pytest.raises(CacheMismatchError, match=r"another config.*--overwrite"):
+        build_cache(
+            tmp_path,
+            tiny_vit_config,
+            tiny_llama_dir,
+            cache,
+            "--model.text_encoder.init_args.layers=[0, 2]",
+        )
+    assert (cache / "train" / "text_tokens.npy").read_bytes() == before
+    build_cache(
+        tmp_path,
+        tiny_vit_config,
+        tiny_llama_dir,
+        cache,
+        "--model.text_encoder.init_args.layers=[0, 2]",
+        "--overwrite",
+    )
+    assert SplitCacheReader(cache / "train").manifest["encoders"]["text"]["layers"] == [0, 2]

@@ -9,9 +9,11 @@ from rlrt.losses import CCALoss, canonical_correlations, cca_loss
 
 def numpy_canonical_correlations(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
     """Textbook route: symmetric inverse square roots by eigendecomposition, then an SVD."""
+    n = x.shape[0]
     x = x - x.mean(axis=0)
     y = y - y.mean(axis=0)
-    n = x.shape[0]
+    x = x / np.sqrt(np.mean(np.var(x, axis=0, ddof=1)))  # the ridge is relative to the scale
+    y = y / np.sqrt(np.mean(np.var(y, axis=0, ddof=1)))
     s_xx = x.T @ x / (n - 1) + r * np.eye(x.shape[1])
     s_yy = y.T @ y / (n - 1) + r * np.eye(y.shape[1])
     s_xy = x.T @ y / (n - 1)

@@ -54,15 +54,17 @@ def write_fake_mmimdb(
     dirty: bool = True,
     num_movies: int = 0,
     seed: int = 0,
+    poster_size: tuple[int, int] = (48, 72),
 ) -> FakeMMIMDB:
     """Write a fake MM-IMDB at `root` (must not exist or be empty) and return what to expect.
 
-    `num_movies` clean generated movies (1-3 genres, 1-2 plots naming the genres, a poster
-    coloured by the first genre; 60/20/20 over train/dev/test, at least one each when
-    `num_movies >= 3`) are listed after the hand-written ones. `dirty=True` adds hand-written
-    movies: good ones with edge cases (several plots, empty or missing plots, genres outside the
-    23) and bad ones (missing and truncated images, malformed JSON, ids escaping the root, a
-    symlink out of the root, an image without JSON, a duplicate id, a non-string id).
+    `num_movies` clean generated movies (1-3 genres, 1-2 plots naming the genres, a poster of
+    `poster_size = (W, H)` coloured by the first genre; 60/20/20 over train/dev/test, at least
+    one each when `num_movies >= 3`) are listed after the hand-written ones. `dirty=True` adds
+    hand-written movies: good ones with edge cases (several plots, empty or missing plots,
+    genres outside the 23) and bad ones (missing and truncated images, malformed JSON, ids
+    escaping the root, a symlink out of the root, an image without JSON, a duplicate id, a
+    non-string id).
     """
     root = Path(root)
     rng = random.Random(seed)
@@ -87,7 +89,7 @@ def write_fake_mmimdb(
             content = {"title": f"Movie {i}", "plot": plots, "genres": genres}
             (json_dir / f"{movie_id}.json").write_text(json.dumps(content), "utf-8")
             colour = class_colour(MMIMDB_GENRES.index(genres[0]), 8)
-            poster = jpeg_bytes(48, 72, seed=seed * 100_003 + i, colour=colour)
+            poster = jpeg_bytes(*poster_size, seed=seed * 100_003 + i, colour=colour)
             (image_dir / f"{movie_id}.jpeg").write_bytes(poster)
             movies[movie_id] = content
             key, ours = _clean_split(i, num_movies)

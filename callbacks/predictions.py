@@ -1,0 +1,106 @@
+"""`PredictionWriter`: `rlrt predict` results as one row per input, with class names and scores."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from rlrt.io import atomic_write_text
+
+
+def prediction_rows(
+    outputs: list[dict[str, Any]], class_names: list[str], task: str, threshold: float
+) -> list[dict[str, Any]]:
+    """Rows `{"id", "labels", "scores": {class: score}, "image_present", "text_present"}`.
+
+    `labels`: the classes scoring at least `threshold` (multi-label), or the top class.
+    """
+    rows = []
+    for batch in outputs:
+        scores = batch["scores"].float().cpu()  # (B, C)
+        size = scores.shape[0]
+        both = torch.ones(size, dtype=torch.bool)
+        image = batch.get("image_present", both).cpu().tolist()
+        text = batch.get("text_present", both).cpu().tolist()
+        for row in range(size):
+            values = scores[row].tolist()
+            if task == "multilabel":
+                labels = [n for n, v in zip(class_names, values) if v >= threshold]
+            else:
+                labels = [class_names[int(scores[row].argmax())]]
+            rows.append(
+                {
+                    "id": str(batch["id"][row]),
+                    "labels": labels,
+                    "scores": {n: round(v, 6) for n, v in zip(class_names, values)},
+                    "image_present": bool(image[row]),
+                    "text_present": bool(text[row]),
+                }
+            )
+    return rows
+
+
+def to_jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def to_csv(rows: list[dict[str, Any]], class_names: list[str]) -> str:
+    """Columns: id, labels (joined by `|`), image_present, text_present, error, one per class."""
+    buffer = io.StringIO()
+    fields = ["id", "labels", "image_present", "text_present", "error", *class_names]
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(
+            {
+                "id": r["id"],
+                "labels": "|".join(r.get("labels", [])),
+                "image_present": r.get("image_present", ""),
+                "text_present": r.get("text_present", ""),
+                "error": r.get("error", ""),
+                **r.get("scores", {}),
+            }
+        )
+    return buffer.getvalue()
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write every prediction of `rlrt predict` to one file, in input order.
+
+    `.jsonl` output: one object per input, `{"id", "labels", "scores": {class: score},
+    "image_present", "text_present"}`; `.csv`: the same flattened, one score column per class.
+    Inputs the data module dropped as bad (`on_bad_sample="skip"`) follow as rows with an
+    `error`. The file is written once, at the end, atomically. One device only.
+
+    Args:
+        output: the file to write (`.jsonl` or `.csv`).
+        threshold: multi-label decision threshold on the sigmoid scores.
+    """
+
+    def __init__(self, *, output: str = "predictions.jsonl", threshold: float = 0.5) -> None:
+        super().__init__(write_interval="epoch")
+        self.output = Path(output)
+        if self.output.suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError(f"prediction output must end in .jsonl or .csv, got {output!r}")
+        self.threshold = threshold
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "predict" and trainer.world_size > 1:
+            raise RuntimeError("PredictionWriter writes one file from one device: use devices=1")
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if predictions and isinstance(predictions[0], list):  # several dataloaders
+            predictions = [batch for loader in predictions for batch in loader]
+        class_names = pl_module.class_names or [str(i) for i in range(pl_module.num_classes)]
+        rows = prediction_rows(predictions, class_names, pl_module.task, self.threshold)
+        for bad in getattr(trainer.datamodule, "bad_samples", []):
+            rows.append({"id": bad.id, "error": bad.reason})
+        text = to_csv(rows, class_names) if self.output.suffix == ".csv" else to_jsonl(rows)
+        atomic_write_text(self.output, text)
+        print(f"wrote {len(rows)} predictions to {self.output}")

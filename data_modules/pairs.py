@@ -1,0 +1,157 @@
+"""A user's own (image, text) pairs, for `rlrt predict` with a trained checkpoint.
+
+The file is JSON Lines (`.jsonl`, one object per line) or CSV with a header (`.csv`). Keys /
+columns used:
+
+    image   path of the image file, absolute or relative to `image_root` (default: the folder of
+            the file); absent, empty or null: the sample has no image (`image_present=False`)
+    text    the text; absent or null (or an empty CSV cell): no text (`text_present=False`)
+    id      optional; default: the row's line number in the file (1-based, header included)
+
+A row with neither image nor text, or an image file that cannot be read, is a bad sample: with
+the default `on_bad_sample="error"` prediction stops at it with one line naming the row; with
+`"skip"` it is dropped, reported, and written by `callbacks.PredictionWriter` as an error row.
+Image paths are taken as given (they need not lie under `image_root`).
+
+The classes (names, count, task) come from the checkpoint: `checkpoint`, which `rlrt predict`
+fills from `--ckpt_path` when left unset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from rlrt.checkpoints import read_checkpoint
+
+from .base import ImageTextDataModule, Rejected, SampleRecord, Task
+
+PAIR_KEYS = ("image", "text", "id")
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line number, row dict) per row of a `.jsonl` or `.csv` file, or (line, error) for a row
+    that does not parse."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    yield line_number, f"malformed row: {err.msg}"
+                    continue
+                yield line_number, row if isinstance(row, dict) else "malformed row: not an object"
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not set(reader.fieldnames) & {"image", "text"}:
+                raise ValueError(
+                    f"{path}: the CSV header must name an `image` and/or a `text` column, "
+                    f"got {reader.fieldnames}"
+                )
+            for row in reader:
+                yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+    else:
+        raise ValueError(f"{path}: pairs must be a .jsonl or a .csv file, got {suffix!r}")
+
+
+def checkpoint_classes(checkpoint: str | Path) -> dict[str, Any]:
+    """`{"class_names", "num_classes", "task"}` of a trained `RLRT` checkpoint."""
+    hparams = read_checkpoint(checkpoint).get("hyper_parameters", {})  # safe load, checked
+    missing = [k for k in ("num_classes", "task") if k not in hparams]
+    if missing:
+        raise ValueError(f"{checkpoint} holds no {missing} in its hyper_parameters")
+    names = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
+    return {
+        "class_names": list(names),
+        "num_classes": hparams["num_classes"],
+        "task": hparams["task"],
+    }
+
+
+class PairsDataModule(ImageTextDataModule):
+    """Predict-only DataModule over a JSONL/CSV file of (image path, text) pairs.
+
+    Args:
+        path: the `.jsonl` or `.csv` file (see the module docstring for its keys).
+        checkpoint: the trained checkpoint whose classes are predicted (`rlrt predict` fills it
+            from `--ckpt_path`).
+        image_root: folder that relative image paths start from (default: the file's folder).
+        on_bad_sample: "error" (default) stops at the first bad row; "skip" drops and reports it.
+        **kwargs: the `ImageTextDataModule` arguments (image_size, batch_size, num_workers, ...).
+    """
+
+    dataset_name = "pairs"
+    accepted_layouts = "a .jsonl or .csv file with `image` and/or `text` (and optional `id`)"
+    source = "your own data"
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        checkpoint: str | None = None,
+        image_root: str | None = None,
+        on_bad_sample: Literal["skip", "error"] = "error",
+        **kwargs: Any,
+    ) -> None:
+        root = image_root if image_root is not None else str(Path(path).expanduser().parent)
+        super().__init__(root=root, on_bad_sample=on_bad_sample, **kwargs)
+        self.path = Path(path).expanduser()
+        self.checkpoint = checkpoint
+
+    @cached_property
+    def _classes(self) -> dict[str, Any]:
+        if self.checkpoint is None:
+            raise ValueError(
+                "PairsDataModule predicts the classes of a checkpoint: give --ckpt_path to "
+                "`rlrt predict` (or --data.init_args.checkpoint)"
+            )
+        return checkpoint_classes(self.checkpoint)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._classes["class_names"]
+
+    @property
+    def task(self) -> Task:
+        return self._classes["task"]
+
+    def inside_root(self, path: Path) -> Path:
+        """A user's file list may point anywhere: paths are taken as given."""
+        return path
+
+    def read_split(self, split: str) -> Iterator[SampleRecord | Rejected]:
+        if split != "test":  # prediction reads the "test" split (see the base's stage map)
+            raise ValueError(
+                f"PairsDataModule holds unlabelled pairs for `rlrt predict`, not a {split} split"
+            )
+        if not self.path.is_file():
+            raise self.not_found(self.path, "pairs file")
+        placeholder = [] if self.task == "multilabel" else 0  # unlabelled: never used
+        for line_number, row in read_rows(self.path):
+            sample_id = str(line_number)
+            if isinstance(row, str):
+                yield Rejected(sample_id, f"{row} (line {line_number})")
+                continue
+            sample_id = str(row["id"]) if row.get("id") not in (None, "") else sample_id
+            image, text = row.get("image"), row.get("text")
+            if image in (None, "") and text is None:
+                yield Rejected(sample_id, f"empty row: neither image nor text (line {line_number})")
+                continue
+            if text is not None and not isinstance(text, str):
+                yield Rejected(sample_id, f"invalid text: not a string (line {line_number})")
+                continue
+            yield SampleRecord(
+                id=sample_id,
+                image_path=None if image in (None, "") else self.root / str(image),
+                text=text or "",
+                label=placeholder,
+                text_present=text is not None,
+            )

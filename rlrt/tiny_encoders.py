@@ -1,0 +1,58 @@
+"""Tiny encoders for tests, smoke runs and benchmarks: an open_clip ViT config and a LLaMA-shaped
+text model with its own tokenizer, written to disk like real ones and loaded through the same
+`FrozenImageEncoder` / `FrozenTextEncoder` paths. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY_VIT_CONFIG = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+
+WORDS = (
+    "the a movie film story love war space ship robot ghost house night city crime police "
+    "detective family comedy funny laugh music song dance horse desert gun hero villain dream "
+    "island ocean monster killer secret past future world king queen battle army"
+).split()
+
+
+def write_tiny_vit_config(folder: Path, name: str = "rlrt-tiny-vit") -> Path:
+    """An open_clip model config (JSON); open_clip registers it under the file stem."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(TINY_VIT_CONFIG))
+    return path
+
+
+def write_tiny_llama(folder: Path) -> Path:
+    """A 3-layer, 64-wide LLaMA with a word-level tokenizer trained in memory, saved like a hub
+    model (config.json, weights, tokenizer files)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"])
+    tokenizer.train_from_iterator([" ".join(WORDS)] * 2, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    fast.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=fast.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    LlamaModel(config).save_pretrained(folder)
+    return folder

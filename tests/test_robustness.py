@@ -1,0 +1,180 @@
+"""`rlrt robustness` and its report, end to end on a tiny checkpoint, plus the grid logic."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rlrt.cache import run_cache
+from rlrt.cli import RLRTCLI, main
+from rlrt.robustness import Setting, build_grid, evaluate_grid
+from rlrt.robustness_report import COLUMNS, markdown, read_results, summarize
+from tests.test_cli import demo_args
+
+
+def test_the_default_grid_and_its_callbacks():
+    grid = build_grid(
+        rates=[r / 10 for r in range(11)],
+        types=["image", "text", "both"],
+        levels=list(range(11)),
+        modalities=["image", "text"],
+        seeds=[0, 1],
+    )
+    assert len(grid) == 2 * (3 * 11 + 2 * 11)
+    assert Setting("missing", "both", 0.0, 0).callback("zero", 0.5) is None  # clean
+    missing = Setting("missing", "both", 0.7, 3).callback("zero", 0.5)
+    assert missing == {
+        "class_path": "callbacks.MissingModality",
+        "init_args": {"eval_rate": 0.7, "eval_type": "both", "seed": 3, "strategy": "zero"},
+    }
+    noise = Setting("noise", "text", 4.0, 1).callback(None, 0.5)
+    assert noise["class_path"] == "callbacks.ModalityNoise"
+    assert noise["init_args"] == {"text_level": 4.0, "seed": 1, "fraction": 0.5}
+
+
+def test_evaluate_grid_records_each_setting_and_its_protocol():
+    seen = []
+
+    def evaluate(setting):
+        seen.append(setting)
+        source = "online" if setting.perturbation == "noise" else "cache"
+        return {"test/f1_macro": 1.0 - setting.amount / 10, "test/loss": 9.0}, source
+
+    grid = build_grid(
+        rates=[0.0, 0.5], types=["image", "text"], levels=[0, 5], modalities=["image"], seeds=[0, 1]
+    )
+    frame = evaluate_grid(
+        grid, evaluate, strategy="dummy", fraction=0.5, model="m", checkpoint="c", progress=False
+    )
+    assert seen == grid
+    assert list(frame.columns) == COLUMNS
+    assert set(frame["metric"]) == {"f1_macro"}  # losses are not results
+    assert len(frame) == len(grid)
+    row = frame[(frame["missing_type"] == "text") & (frame["missing_rate"] == 0.5)].iloc[0]
+    assert row["value"] == 0.95 and row["missing_strategy"] == "dummy" and row["noise_level"] == 0
+    assert row["features"] == "cache" and row["noise_modality"] == ""
+    noise = frame[(frame["perturbation"] == "noise") & (frame["noise_level"] == 5)]
+    assert noise["value"].tolist() == [0.5, 0.5] and set(noise["features"]) == {"online"}
+
+
+def test_report_means_and_stds_over_seeds():
+    rows = []
+    for seed, value in ((0, 0.5), (1, 0.7)):
+        rows.append(
+            dict(
+                model="m",
+                checkpoint="c",
+                perturbation="missing",
+                missing_type="both",
+                missing_rate=0.3,
+                noise_modality="",
+                noise_level=0.0,
+                noise_fraction=0.5,
+                missing_strategy="dummy",
+                features="online",
+                seed=seed,
+                metric="acc",
+                value=value,
+            )
+        )
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    stats = summarize(frame)
+    assert len(stats) == 1
+    assert stats["mean"].item() == pytest.approx(0.6)
+    assert stats["std"].item() == pytest.approx(pd.Series([0.5, 0.7]).std())
+    assert "| 30 | 60.0 ± 14.1 |" in markdown(frame)
+
+
+def test_robustness_end_to_end(tmp_path, monkeypatch, tiny_vit_config, tiny_llama_dir):
+    monkeypatch.chdir(tmp_path)
+    args = demo_args(tmp_path, tiny_vit_config, tiny_llama_dir, num_movies=40)
+    args += ["--trainer.max_epochs=1", f"--data.init_args.feature_cache={tmp_path / 'cache'}"]
+    run_cache(args)
+    fit = RLRTCLI(args=["fit", *args])
+    checkpoint = fit.trainer.checkpoint_callback.last_model_path
+    out = tmp_path / "robust"
+    # no --config: the checkpoint's own run config is used
+    main(
+        [
+            "robustness",
+            "--ckpt_path",
+            checkpoint,
+            "--output",
+            str(out),
+            "--name",
+            "tiny",
+            "--rates",
+            "0,0.5,1",
+            "--noise_levels",
+            "0,10",
+            "--seeds",
+            "0,1",
+        ]
+    )
+    frame = pd.read_csv(out / "robustness.csv", keep_default_na=False)
+    assert list(frame.columns) == COLUMNS
+    assert set(frame["metric"]) == {"f1_micro", "f1_macro"}
+    assert len(frame) == 2 * 2 * (3 * 3 + 2 * 2)  # seeds x metrics x (missing + noise points)
+    assert set(frame["model"]) == {"tiny"}
+    assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "### f1_macro, missing modality" in (out / "robustness.md").read_text()
+    # missing modalities from the feature cache; noise needs raw inputs: evaluated online
+    assert set(frame[frame["perturbation"] == "missing"]["features"]) == {"cache"}
+    assert set(frame[frame["perturbation"] == "noise"]["features"]) == {"online"}
+
+    # independent path: an ordinary `rlrt test` with the callback gives the same numbers
+    def value(**where):
+        sel = frame
+        for k, v in where.items():
+            sel = sel[sel[k] == v]
+        return sel["value"].tolist()
+
+    callback = {
+        "class_path": "callbacks.MissingModality",
+        "init_args": {"eval_rate": 1.0, "eval_type": "image", "seed": 1},
+    }
+    test = RLRTCLI(
+        args=[
+            "test",
+            *args,
+            "--ckpt_path",
+            checkpoint,
+            f"--trainer.callbacks+={json.dumps(callback)}",
+        ]
+    )
+    direct = test.test_metrics["test/f1_macro"]
+    recorded = json.loads((Path(test.trainer.log_dir) / "protocol.json").read_text())
+    assert recorded["missing_eval_rate"] == 1.0 and recorded["missing_eval_type"] == "image"
+    assert recorded["missing_seed"] == 1 and recorded["missing_strategy"] == "dummy"
+    got = value(missing_type="image", missing_rate=1.0, seed=1, metric="f1_macro")
+    assert got == [pytest.approx(direct, abs=1e-6)]
+    clean = RLRTCLI(args=["test", *args, "--ckpt_path", checkpoint]).test_metrics
+    for kind in ("image", "text", "both"):
+        assert value(missing_type=kind, missing_rate=0.0, seed=0, metric="f1_micro") == [
+            pytest.approx(clean["test/f1_micro"], abs=1e-6)
+        ]
+    # text noise at level 10 masks every word of half the plots: not the clean result
+    noisy = value(noise_modality="text", noise_level=10.0, metric="f1_micro")
+    assert len(noisy) == 2
+
+    # combining two result files keeps both models apart
+    other = frame.assign(model="other")
+    other.to_csv(tmp_path / "other.csv", index=False)
+    main(
+        [
+            "robustness-report",
+            str(out / "robustness.csv"),
+            str(tmp_path / "other.csv"),
+            "--output",
+            str(tmp_path / "both"),
+        ]
+    )
+    combined = read_results([tmp_path / "both" / "robustness.csv"])
+    assert set(combined["model"]) == {"tiny", "other"}
+    assert "tiny: image" in (tmp_path / "both" / "robustness.md").read_text()
+
+
+def test_robustness_refuses_a_missing_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        main(["robustness", "--ckpt_path", str(tmp_path / "no.ckpt"), "--output", str(tmp_path)])
