@@ -30,6 +30,9 @@ def test_the_shipped_sweep_is_a_wandb_grid_over_existing_variants():
     subcommand, fixed = command_parts(sweep["command"])
     assert subcommand == "fit-test" and "${args}" not in fixed
     assert results_table_path(fixed) == Path("results/ablations/runs.csv")
+    loggers = next(a for a in fixed if a.startswith("--trainer.logger="))
+    classes = [x["class_path"] for x in json.loads(loggers.partition("=")[2])]
+    assert classes == ["lightning.pytorch.loggers.CSVLogger", "rlrt.loggers.WandbLogger"]
 
 
 def test_expand_grid_is_the_cartesian_product_in_file_order():
