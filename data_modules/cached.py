@@ -102,8 +102,10 @@ class CachedBatches(Dataset):
     """Whole batches from the cache: the DataLoader's batched fetch (`__getitems__`) returns a
     batch dict, reading each array once per batch.
 
-    Batch dict: `features` (`Features` of `B` samples, float32), `dummy_features` (`Features` of
-    one sample: the dummy inputs), `label`, `id`, `image_present`, `text_present` (bool `(B,)`).
+    Batch dict: `features` (`Features` of `B` samples, float16 as stored: the model casts them
+    to its own dtype on its device, so a GPU receives half the bytes), `dummy_features`
+    (`Features` of one sample: the dummy inputs), `label`, `id`, `image_present`,
+    `text_present` (bool `(B,)`).
     """
 
     def __init__(
@@ -161,7 +163,12 @@ def cached_loader(
     drop_last: bool,
 ) -> DataLoader:
     """A plain DataLoader (so Lightning can shard it across devices) whose sampler, generator and
-    batching are those of the online loader: the same samples arrive in the same batches."""
+    batching are those of the online loader: the same samples arrive in the same batches.
+
+    Batches are read in the main process: a worker process would have to send every batch's tens
+    of MB back through shared memory, and a background reading thread was measured slower on 2
+    cores (it competes with the step's own threads).
+    """
     loader_class = ResumableDataLoader if shuffle else DataLoader  # as the online loader
     return loader_class(
         batches,

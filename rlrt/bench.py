@@ -3,13 +3,18 @@
 For two encoder sizes — `tiny` (the test encoders) and `base` (a ViT-B-32-sized open_clip tower
 with random weights + the packaged pretrained MiniLM) — on generated demo data:
 
-- `encoder_samples_per_s`: a bare forward pass of both frozen encoders over in-memory inputs;
-- `cache_build_samples_per_s`: `rlrt cache` over the same number of samples (decoding included);
+- `encoder_samples_per_s`: a bare forward pass of both frozen encoders over the training split's
+  own images and texts, decoded into memory beforehand: the floor of any cache build;
+- `cache_build_samples_per_s`: `rlrt cache` over the same samples (reading, decoding, encoding,
+  writing; loading the encoders is once per command and is in `cache_build_command_seconds`);
 - `train_online_samples_per_s` / `train_cached_samples_per_s`: one training epoch, encoders run
   online vs features read from the cache, and `epoch_speedup_cached` (their time ratio);
-- `data_wait_fraction`: share of the cached training epoch spent between steps (fetching the next
-  batch plus the loop's own bookkeeping, an upper bound on the data wait);
-- `peak_rss_mb`, `trainable_params`, `frozen_params`;
+- `data_wait_fraction`: share of the cached training epochs (after the first, as the epoch time)
+  spent between steps (fetching the next batch plus the loop's own bookkeeping, an upper bound
+  on the data wait);
+- `peak_rss_mb` (through the measurements above), `peak_rss_mb_with_scaling` (after the
+  scaling rows below, whose larger memory-mapped caches add resident pages), `trainable_params`,
+  `frozen_params`;
 - `epoch_seconds_cached_by_n`: a cached epoch at 1k, 4k and 16k training samples (caches filled
   with random float16 features of the right shapes: the epoch time does not depend on the values).
 
@@ -24,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,32 +44,41 @@ from lightning import Callback
 from rlrt.io import atomic_write_json, atomic_write_text
 
 SCALING_SIZES = (1000, 4000, 16000)
+CACHED_EPOCHS = 6  # the first warms the page cache; the median of the others is reported
 
 
 class EpochTimer(Callback):
-    """Wall time of each training epoch, and time spent between steps vs inside them."""
+    """Wall time of each training epoch, and per epoch the time spent between steps (`waits`:
+    fetching the next batch plus the loop's bookkeeping) and inside them (`steps`)."""
 
     def __init__(self) -> None:
         self.epochs: list[float] = []
-        self.wait = 0.0
-        self.step = 0.0
+        self.waits: list[float] = []
+        self.steps: list[float] = []
         self._mark = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._mark = time.perf_counter()
+        self.waits.append(0.0)
+        self.steps.append(0.0)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         now = time.perf_counter()
-        self.wait += now - self._mark
+        self.waits[-1] += now - self._mark
         self._mark = now
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
-        self.step += now - self._mark
+        self.steps[-1] += now - self._mark
         self._mark = now
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.epochs.append(time.perf_counter() - self._epoch_start)
+
+    def wait_fraction(self, skip: int = 1) -> float:
+        """Share of step time spent waiting, over the epochs after the first `skip`."""
+        wait, step = sum(self.waits[skip:]), sum(self.steps[skip:])
+        return wait / (wait + step)
 
 
 def encoder_args(size: str, scratch: Path) -> list[str]:
@@ -110,24 +125,24 @@ def common_args(configs: Path, root: Path, movies: int, train_samples: int) -> l
     ]
 
 
-def bare_encoder_rate(model, n: int, batch_size: int = 64) -> float:
-    """Samples per second of both encoders' forward passes over in-memory inputs."""
+def bare_encoder_rate(model, dataset, batch_size: int) -> float:
+    """Samples per second of both encoders' forward passes over `dataset`'s own images and texts,
+    decoded into memory beforehand (untimed): the floor any cache build of the same data has."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.image_encoder.to(device)
     model.text_encoder.to(device)
-    size = model.image_encoder.image_size
-    generator = torch.Generator().manual_seed(0)
-    words = "a lonely detective follows a ghost through the old city at night".split()
+    items = [dataset[i] for i in range(len(dataset))]
+    batches = [
+        (torch.stack([i["image"] for i in chunk]), [i["text"] for i in chunk])
+        for chunk in (items[k : k + batch_size] for k in range(0, len(items), batch_size))
+    ]
     start = time.perf_counter()
-    for first in range(0, n, batch_size):
-        b = min(batch_size, n - first)
-        images = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=generator)
-        texts = [" ".join(words[(i % 5) :] * 3) for i in range(b)]
+    for images, texts in batches:
         model.image_encoder(images.to(device))
         model.text_encoder(texts)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return n / (time.perf_counter() - start)
+    return len(items) / (time.perf_counter() - start)
 
 
 def fit_once(args: list[str], epochs: int = 1):
@@ -136,6 +151,16 @@ def fit_once(args: list[str], epochs: int = 1):
     cli = RLRTCLI(args=["fit", *args, f"--trainer.max_epochs={epochs}"], save_config_callback=None)
     timer = next(c for c in cli.trainer.callbacks if isinstance(c, EpochTimer))
     return cli, timer
+
+
+def fill_random_rows(array: np.ndarray, rng: np.random.Generator, chunk_mb: int = 64) -> None:
+    """Standard-normal values into a (memory-mapped) array, a few MB at a time, so filling a
+    cache of many GB never holds more than one chunk in memory."""
+    row_bytes = max(int(np.prod(array.shape[1:])) * 4, 1)  # drawn as float32
+    rows = max(1, chunk_mb * 2**20 // row_bytes)
+    for first in range(0, array.shape[0], rows):
+        block = array[first : first + rows]
+        block[...] = rng.standard_normal(block.shape, dtype=np.float32)
 
 
 def fill_random_cache(cache: Path, source: Path, root_args: list[str]) -> None:
@@ -184,52 +209,88 @@ def fill_random_cache(cache: Path, source: Path, root_args: list[str]) -> None:
             if name.endswith("done") or name == "text_mask":
                 array[:] = True
             else:
-                array[:] = rng.standard_normal(array.shape, dtype=np.float32).astype(array.dtype)
+                fill_random_rows(array, rng)
         writer.finalize({**build, "complete": True})
     os.symlink((source / "dummy").resolve(), cache / "dummy")
 
 
-def measure(size: str, configs: Path, samples: int) -> dict[str, Any]:
-    """Every figure of one size (runs in its own process)."""
+def say(message: str) -> None:
+    """A progress line; the parent process shows these while a size is measured."""
+    print(f"rlrt bench: {message}", flush=True)
+
+
+def measure(
+    size: str, configs: Path, samples: int, scaling: tuple[int, ...] = SCALING_SIZES
+) -> dict[str, Any]:
+    """Every figure of one size (runs in its own process; its scratch folder is removed)."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"rlrt-bench-{size}-"))
+    try:
+        return _measure(size, configs, samples, scaling, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _measure(
+    size: str, configs: Path, samples: int, scaling: tuple[int, ...], scratch: Path
+) -> dict[str, Any]:
     from rlrt.cache import run_cache
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"rlrt-bench-{size}-"))
     movies = int(samples / 0.7) + 20
     base = common_args(configs, scratch / "data", movies, samples) + encoder_args(size, scratch)
     out: dict[str, Any] = {"train_samples": samples}
 
+    say(f"{size}: one online epoch (encoders run on every batch)")
     online, online_timer = fit_once(base)
     model = online.model
     out["trainable_params"] = sum(p.numel() for p in model.trainable_parameters())
     out["frozen_params"] = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    n_train = len(online.datamodule.dataset("train"))
-    out["encoder_samples_per_s"] = bare_encoder_rate(model, n_train)
+    train_set = online.datamodule.dataset("train")
+    n_train = len(train_set)
+    say(f"{size}: bare encoder pass over the same {n_train} samples")
+    batch_size = online.datamodule.eval_batch_size  # the cache build's batch size
+    out["encoder_samples_per_s"] = bare_encoder_rate(model, train_set, batch_size)
 
+    say(f"{size}: cache build")
     cache = scratch / "cache"
     start = time.perf_counter()
-    run_cache([*base, f"--data.init_args.feature_cache={cache}", "--splits=train"])
-    out["cache_build_samples_per_s"] = n_train / (time.perf_counter() - start)
+    report = run_cache([*base, f"--data.init_args.feature_cache={cache}", "--splits=train"])
+    out["cache_build_command_seconds"] = time.perf_counter() - start
+    # The rate of the build itself (read, decode, encode, write), as the bare pass's rate excludes
+    # loading the encoders; the whole command's time, set-up included, is kept beside it.
+    out["cache_build_samples_per_s"] = report.samples["train"] / report.seconds["train"]
     run_cache([*base, f"--data.init_args.feature_cache={cache}", "--splits=val"])  # fit wants val
 
-    cached, cached_timer = fit_once([*base, f"--data.init_args.feature_cache={cache}"], epochs=3)
+    say(f"{size}: {CACHED_EPOCHS} epochs from the cache")
+    args = [*base, f"--data.init_args.feature_cache={cache}"]
+    _, cached_timer = fit_once(args, epochs=CACHED_EPOCHS)
     online_epoch = online_timer.epochs[0]
     cached_epoch = float(np.median(cached_timer.epochs[1:]))  # epoch 0 warms the page cache
     out["train_online_samples_per_s"] = n_train / online_epoch
     out["train_cached_samples_per_s"] = n_train / cached_epoch
     out["epoch_speedup_cached"] = online_epoch / cached_epoch
-    out["data_wait_fraction"] = cached_timer.wait / (cached_timer.wait + cached_timer.step)
+    out["data_wait_fraction"] = cached_timer.wait_fraction(skip=1)  # as the epoch time
+    # Peak resident memory of everything above; the scaling rows below add the pages of their
+    # larger memory-mapped caches (file-backed, reclaimable), reported separately.
+    out["peak_rss_mb"] = peak_rss_mb()
 
     by_n = {}
-    for n in SCALING_SIZES:
+    for n in scaling:
+        say(f"{size}: cached epoch at {n} training samples")
         root = scratch / f"data-{n}"
         args = common_args(configs, root, int(n / 0.7) + 50, n) + encoder_args(size, scratch)
         scaled = scratch / f"cache-{n}"
         fill_random_cache(scaled, cache, args)
         _, timer = fit_once([*args, f"--data.init_args.feature_cache={scaled}"], epochs=2)
         by_n[str(n)] = timer.epochs[-1]
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(scaled, ignore_errors=True)
     out["epoch_seconds_cached_by_n"] = by_n
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb_with_scaling"] = peak_rss_mb()
     return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine() -> dict[str, Any]:
@@ -253,6 +314,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         ("epoch speed-up from the cache", "epoch_speedup_cached", "{:.1f}x"),
         ("data wait share (cached)", "data_wait_fraction", "{:.1%}"),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("peak RSS with the scaling rows (MB)", "peak_rss_mb_with_scaling", "{:.0f}"),
         ("trainable parameters", "trainable_params", "{:,}"),
         ("frozen parameters", "frozen_params", "{:,}"),
     ]
@@ -268,8 +330,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     for label, key, fmt in rows:
         cells = [fmt.format(results["sizes"][s][key]) for s in sizes]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for n in SCALING_SIZES:
-        cells = [f"{results['sizes'][s]['epoch_seconds_cached_by_n'][str(n)]:.2f}" for s in sizes]
+    for n in sorted(results["sizes"][sizes[0]]["epoch_seconds_cached_by_n"], key=int):
+        cells = [f"{results['sizes'][s]['epoch_seconds_cached_by_n'][n]:.2f}" for s in sizes]
         lines.append(f"| cached epoch at {n} samples (s) | " + " | ".join(cells) + " |")
     base = results["sizes"].get("base")
     if base:
@@ -284,40 +346,57 @@ def to_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def measure_in_child(size: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`measure(size)` in a fresh process (so its peak memory is its own), showing its progress
+    lines as they come; a failure raises with the end of the child's stderr."""
+    command = [
+        sys.executable,
+        "-m",
+        "rlrt.cli",
+        "bench",
+        f"--one={size}",
+        f"--samples={args.samples}",
+        f"--scaling={args.scaling}",
+        f"--configs={args.configs}",
+    ]
+    result = None
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True) as child:
+            for line in child.stdout:
+                if line.startswith("RLRT_BENCH_RESULT "):
+                    result = json.loads(line.split(" ", 1)[1])
+                elif line.startswith("rlrt "):
+                    print("  " + line.rstrip(), flush=True)
+        if child.returncode != 0 or result is None:
+            errors.seek(0)
+            raise RuntimeError(f"benchmark of {size} failed:\n{errors.read()[-4000:]}")
+    return result
+
+
 def run_bench(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="rlrt bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="tiny,base")
     parser.add_argument("--samples", type=int, default=512, help="training samples per size")
+    parser.add_argument(
+        "--scaling",
+        default=",".join(map(str, SCALING_SIZES)),
+        help="training-set sizes of the cached-epoch scaling rows",
+    )
     parser.add_argument("--configs", default="configs")
     parser.add_argument("--output", default="results")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args(argv)
     if args.one:
-        result = measure(args.one, Path(args.configs), args.samples)
+        scaling = tuple(int(n) for n in args.scaling.split(","))
+        result = measure(args.one, Path(args.configs), args.samples, scaling)
         print("RLRT_BENCH_RESULT " + json.dumps(result))
         return result
     results: dict[str, Any] = {"machine": machine(), "sizes": {}}
     for size in args.sizes.split(","):
-        print(f"rlrt bench: measuring {size} ...", flush=True)
-        child = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rlrt.cli",
-                "bench",
-                f"--one={size}",
-                f"--samples={args.samples}",
-                f"--configs={args.configs}",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        line = [x for x in child.stdout.splitlines() if x.startswith("RLRT_BENCH_RESULT ")]
-        if child.returncode != 0 or not line:
-            raise RuntimeError(f"benchmark of {size} failed:\n{child.stderr[-4000:]}")
-        results["sizes"][size] = json.loads(line[-1].split(" ", 1)[1])
+        say(f"measuring {size} ...")
+        results["sizes"][size] = measure_in_child(size, args)
     output = Path(args.output)
     atomic_write_json(output / "bench.json", results)
     markdown = to_markdown(results)

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -263,8 +264,19 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
-def run_cache(argv: list[str]) -> Path:
-    """Entry point of `rlrt cache`; returns the cache folder."""
+@dataclass
+class CacheBuildReport:
+    """What `rlrt cache` did: the cache folder, and for each split it encoded (not the ones found
+    complete) the samples and the seconds spent reading and encoding them. The seconds exclude
+    building the CLI, loading the encoders and the dummy inputs, which happen once per command."""
+
+    folder: Path
+    samples: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_cache(argv: list[str]) -> CacheBuildReport:
+    """Entry point of `rlrt cache`."""
     parser = argparse.ArgumentParser(
         prog="rlrt cache",
         description=__doc__,
@@ -306,6 +318,7 @@ def run_cache(argv: list[str]) -> Path:
         build_dummy(cache_dir / "dummy", model.image_encoder, model.text_encoder, shapes, encoders)
     datamodule.prepare_data()
     batch_size = args.batch_size or getattr(datamodule, "eval_batch_size", 32)
+    report = CacheBuildReport(cache_dir)
     for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
         start = time.perf_counter()
         sources = datamodule.cache_sources(split)
@@ -336,11 +349,12 @@ def run_cache(argv: list[str]) -> Path:
             batch_size=batch_size,
             num_workers=getattr(datamodule, "num_workers", 0),
         )
+        seconds = time.perf_counter() - start
+        report.samples[split], report.seconds[split] = len(sources.ids), seconds
         if trainer.is_global_zero:
-            seconds = time.perf_counter() - start
             size = folder_size(cache_dir / split) / 2**20
             print(
                 f"rlrt cache: {split}: {len(sources.ids)} samples, {len(sources.image_paths)} "
                 f"images, {size:.1f} MiB, {seconds:.1f} s -> {cache_dir / split}"
             )
-    return cache_dir
+    return report

@@ -252,23 +252,31 @@ class SplitCacheReader:
         return len(self.ids)
 
     def gather(self, rows: np.ndarray) -> tuple[Features, Tensor]:
-        """Features of the samples `rows` `(B,)` in float32, and `has_image` bool `(B,)`.
+        """Features of the samples `rows` `(B,)` in float16 as stored, and `has_image` bool `(B,)`.
 
-        A sample without an image file gets image row 0's values; the caller marks it absent.
+        Kept float16: the model casts to its own dtype on its own device (half the bytes to move
+        to a GPU, and no float32 copy made here). A sample without an image file gets image row
+        0's values; the caller marks it absent.
         """
         image_rows = self.sample_image_row[rows]
         has_image = image_rows >= 0
         image_rows = np.where(has_image, image_rows, 0)
 
         def tensor(array: np.ndarray, index: np.ndarray) -> Tensor:
-            return torch.from_numpy(np.ascontiguousarray(array[index])).float()
+            return torch.from_numpy(np.ascontiguousarray(array[index]))
 
-        image_tokens = tensor(self.image_tokens, image_rows).transpose(0, 1)  # (L_s, B, N_i, D_i)
+        def layers_first(array: np.ndarray, index: np.ndarray) -> Tensor:
+            """Stored rows `(B, L_s, N, D)` -> `(L_s, B, N, D)`, a transposed view: no second
+            copy here (the model's dtype cast makes the one it needs, per layer slices work on
+            strides)."""
+            return torch.from_numpy(array[index]).transpose(0, 1)
+
+        image_tokens = layers_first(self.image_tokens, image_rows)  # (L_s, B, N_i, D_i)
         features = Features(
-            image_tokens=image_tokens.contiguous(),
+            image_tokens=image_tokens,
             image_mask=torch.ones(image_tokens.shape[1:3], dtype=torch.bool),
             image_embedding=tensor(self.image_embedding, image_rows),
-            text_tokens=tensor(self.text_tokens, rows).transpose(0, 1).contiguous(),
+            text_tokens=layers_first(self.text_tokens, rows),
             text_mask=torch.from_numpy(np.ascontiguousarray(self.text_mask[rows])),
             text_embedding=tensor(self.text_embedding, rows),
         )
