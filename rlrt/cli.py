@@ -21,7 +21,12 @@ from rlrt.checkpoints import find_last_checkpoint, read_checkpoint
 from rlrt.errors import command_name, run_reporting_errors, split_debug_flag
 from rlrt.io import atomic_write_json
 from rlrt.resume import ExactResume
-from rlrt.run_dir import NoOverwriteSaveConfig, last_checkpoint_folders, refuse_used_run_dir
+from rlrt.run_dir import (
+    NoOverwriteSaveConfig,
+    last_checkpoint_folders,
+    last_checkpoint_folders_of_config,
+    refuse_used_run_dir,
+)
 from rlrt.system import RLRT
 
 
@@ -79,6 +84,10 @@ class RLRTCLI(LightningCLI):
         init_args = config.get("data", {}).get("init_args")
         if self.subcommand == "predict" and init_args is not None and "checkpoint" in init_args:
             if init_args.checkpoint is None:
+                if config.get("ckpt_path") == "last":  # resolved now: the data needs the file
+                    config.ckpt_path = self._last_checkpoint(
+                        last_checkpoint_folders_of_config(config.trainer)
+                    )
                 init_args.checkpoint = config.ckpt_path
 
     def _parse_ckpt_path(self) -> None:
@@ -102,8 +111,8 @@ class RLRTCLI(LightningCLI):
         if config.get("ckpt_path") not in (None, "best", "hpc"):
             read_checkpoint(config.ckpt_path)
 
-    def _last_checkpoint(self) -> str | None:
-        folders = last_checkpoint_folders(self.trainer)
+    def _last_checkpoint(self, folders: list[Path] | None = None) -> str | None:
+        folders = last_checkpoint_folders(self.trainer) if folders is None else folders
         found = find_last_checkpoint(folders)
         if found is not None:
             rank_zero_info(f"--ckpt_path last: {found}")

@@ -7,8 +7,11 @@ run: it reads the checkpoint of the run it resumes and writes only into its own 
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
+from jsonargparse import Namespace
 from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
@@ -55,12 +58,58 @@ def last_checkpoint_folders(trainer: Trainer) -> list[Path]:
     `default_root_dir/checkpoints`.
     """
     callback = trainer.checkpoint_callback
-    if callback is not None and getattr(callback, "dirpath", None):
-        return [Path(callback.dirpath)]
-    if trainer.loggers:
-        logger = trainer.loggers[0]
-        root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "")
+    logger = trainer.loggers[0] if trainer.loggers else None
+    return _checkpoint_folders(getattr(callback, "dirpath", None), logger, trainer.default_root_dir)
+
+
+def last_checkpoint_folders_of_config(trainer_config: Namespace) -> list[Path]:
+    """`last_checkpoint_folders` from a parsed `trainer` config, before any Trainer exists (only
+    its checkpoint callback and first logger are built, which touch no files).
+
+    `rlrt predict --ckpt_path last` needs it: the data module reads its classes from the
+    checkpoint, and it is built before the Trainer.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    root = trainer_config.get("default_root_dir") or "."
+    dirpath = None
+    for spec in _as_list(trainer_config.get("callbacks")):
+        callback = _build(spec)
+        if isinstance(callback, ModelCheckpoint):
+            dirpath = callback.dirpath
+            break
+    logger_config = trainer_config.get("logger")
+    if logger_config is None or logger_config is True:  # Lightning's default logger
+        logger = TensorBoardLogger(root) if logger_config else None
+    elif logger_config is False or not _as_list(logger_config):
+        logger = None
+    else:
+        logger = _build(_as_list(logger_config)[0])
+    return _checkpoint_folders(dirpath, logger, root)
+
+
+def _checkpoint_folders(dirpath: str | None, logger: Any, default_root_dir: str) -> list[Path]:
+    if dirpath:
+        return [Path(dirpath)]
+    if logger is not None:
+        root = Path(logger.save_dir or default_root_dir) / str(logger.name or "")
         if not root.is_dir():
             return []
         return sorted(run / "checkpoints" for run in root.iterdir() if run.is_dir())
-    return [Path(trainer.default_root_dir) / "checkpoints"]
+    return [Path(default_root_dir) / "checkpoints"]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _build(spec: Any) -> Any:
+    """An object from a `class_path` / `init_args` config entry (or the object itself)."""
+    if not isinstance(spec, Namespace | dict):
+        return spec
+    spec = spec if isinstance(spec, dict) else spec.as_dict()
+    module, _, name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**(spec.get("init_args") or {}))

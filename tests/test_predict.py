@@ -151,6 +151,32 @@ def test_predict_csv_and_bad_rows(tmp_path, trained, tiny_vit_config, tiny_llama
     assert "malformed row" in got[2]["error"]
 
 
+def test_predict_ckpt_path_last_finds_the_fit_runs_last_checkpoint(
+    tmp_path, trained, tiny_vit_config, tiny_llama_dir
+):
+    checkpoint, folder, posters = trained
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": str(folder / "my_images" / posters[0]), "text": "x"}))
+    by_path, by_last = tmp_path / "by_path.jsonl", tmp_path / "by_last.jsonl"
+    predict(tmp_path, trained, tiny_vit_config, tiny_llama_dir, pairs, by_path)
+    # the fit's logger directory: `last` is the newest last.ckpt of its runs
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(folder / "runs"), "name": "rlrt"},
+    }
+    extra = [f"--trainer.logger=[{json.dumps(logger)}]", "--ckpt_path", "last"]
+    predict(tmp_path, trained, tiny_vit_config, tiny_llama_dir, pairs, by_last, *extra)
+    assert checkpoint.startswith(str(folder / "runs" / "rlrt"))
+    assert by_last.read_text() == by_path.read_text()
+    # a logger directory without runs: one line saying so, nothing written
+    empty = {**logger, "init_args": {"save_dir": str(tmp_path / "none"), "name": "rlrt"}}
+    extra = [f"--trainer.logger=[{json.dumps(empty)}]", "--ckpt_path", "last"]
+    nothing = tmp_path / "nothing.jsonl"
+    with pytest.raises(SystemExit):
+        predict(tmp_path, trained, tiny_vit_config, tiny_llama_dir, pairs, nothing, *extra)
+    assert not nothing.exists()
+
+
 def test_read_rows_refuses_other_formats_and_headerless_csv(tmp_path):
     (tmp_path / "x.txt").write_text("a")
     with pytest.raises(ValueError, match=".jsonl or a .csv"):
