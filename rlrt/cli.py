@@ -155,6 +155,7 @@ EXTRA_COMMANDS = {
     "robustness-report": "rlrt.robustness_report:run_report",
     "fit-test": "rlrt.fit_test:run_fit_test",
     "ablations": "rlrt.ablations:run_ablations",
+    "compare": "rlrt.compare:run_compare",
     "reproduce-table1": "rlrt.reproduce:run_reproduce_table1",
     "cache": "rlrt.cache:run_cache",
     "bench": "rlrt.bench:run_bench",

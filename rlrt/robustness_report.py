@@ -71,20 +71,65 @@ def _cell(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    """One table per metric and perturbation: rows are rates or levels, columns model x type.
+# The headline columns: (title, perturbation, kind, amount); kind None is any kind at amount 0.
+HEADLINE = [
+    ("complete", "missing", None, 0.0),
+    ("70% missing image", "missing", "image", 0.7),
+    ("70% missing text", "missing", "text", 0.7),
+    ("70% missing either", "missing", "both", 0.7),
+    ("no image", "missing", "image", 1.0),
+    ("no text", "missing", "text", 1.0),
+    ("image noise 10", "noise", "image", 10.0),
+    ("text noise 10", "noise", "text", 10.0),
+]
 
-    Values in %, mean ± std over seeds where there are several.
+
+def headline(frame: pd.DataFrame, metric: str | None = None) -> str:
+    """One row per model, one column per headline setting present in `frame` (values in %)."""
+    metric = metric or preferred_metric(frame)
+    stats = summarize(frame)
+    stats = stats[stats["metric"] == metric]
+    models = list(dict.fromkeys(frame["model"]))
+    columns = []
+    for title, perturbation, kind, amount in HEADLINE:
+        part = stats[(stats["perturbation"] == perturbation) & (stats["amount"] == amount)]
+        if kind is not None:
+            part = part[part["kind"] == kind]
+        if not part.empty:
+            columns.append((title, part))
+    lines = [
+        f"| {metric} (%) | " + " | ".join(title for title, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for model in models:
+        cells = []
+        for _, part in columns:
+            rows = part[part["model"] == model]
+            cells.append("" if rows.empty else _cell(*rows.iloc[0][["mean", "std", "n"]]))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """The headline table, then one table per metric and perturbation: rows are rates or
+    levels, columns model x type.
+
+    Values in %, mean ± std over protocol seeds and checkpoints (e.g. training seeds) where
+    there are several.
     """
     stats = summarize(frame)
     models = list(dict.fromkeys(frame["model"]))
     strategies = ", ".join(sorted({str(s) for s in frame["missing_strategy"]}))
     fractions = ", ".join(sorted({f"{f:g}" for f in frame["noise_fraction"]}))
     seeds = sorted({int(s) for s in frame["seed"]})
+    checkpoints = frame.groupby("model", sort=False)["checkpoint"].nunique()
+    per_model = ", ".join(f"{m}: {checkpoints[m]}" for m in models)
     lines = [
-        f"Models: {', '.join(models)}. Protocol seeds: {seeds}. Missing modality replaced by: "
-        f"{strategies}. Noise on a seeded {fractions} of the test samples. Values in %.",
+        f"Models: {', '.join(models)}. Checkpoints per model: {per_model}. Protocol seeds: "
+        f"{seeds}. Missing modality replaced by: {strategies}. Noise on a seeded {fractions} "
+        "of the test samples. Values in %, mean ± std over checkpoints x protocol seeds.",
         "",
+        headline(frame),
     ]
     metrics = list(dict.fromkeys(frame["metric"]))
     for metric in metrics:

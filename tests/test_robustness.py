@@ -9,7 +9,7 @@ import pytest
 from rlrt.cache import run_cache
 from rlrt.cli import RLRTCLI, main
 from rlrt.robustness import Setting, build_grid, evaluate_grid
-from rlrt.robustness_report import COLUMNS, markdown, read_results, summarize
+from rlrt.robustness_report import COLUMNS, headline, markdown, read_results, summarize
 from tests.test_cli import demo_args
 
 
@@ -59,31 +59,66 @@ def test_evaluate_grid_records_each_setting_and_its_protocol():
 
 
 def test_report_means_and_stds_over_seeds():
-    rows = []
-    for seed, value in ((0, 0.5), (1, 0.7)):
-        rows.append(
-            dict(
-                model="m",
-                checkpoint="c",
-                perturbation="missing",
-                missing_type="both",
-                missing_rate=0.3,
-                noise_modality="",
-                noise_level=0.0,
-                noise_fraction=0.5,
-                missing_strategy="dummy",
-                features="online",
-                seed=seed,
-                metric="acc",
-                value=value,
-            )
-        )
+    rows = [
+        result_row(missing_rate=0.3, seed=seed, metric="acc", value=value)
+        for seed, value in ((0, 0.5), (1, 0.7))
+    ]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     stats = summarize(frame)
     assert len(stats) == 1
     assert stats["mean"].item() == pytest.approx(0.6)
     assert stats["std"].item() == pytest.approx(pd.Series([0.5, 0.7]).std())
     assert "| 30 | 60.0 ± 14.1 |" in markdown(frame)
+
+
+def result_row(**fields):
+    row = dict(
+        model="m",
+        checkpoint="c",
+        perturbation="missing",
+        missing_type="both",
+        missing_rate=0.0,
+        noise_modality="",
+        noise_level=0.0,
+        noise_fraction=0.5,
+        missing_strategy="dummy",
+        features="online",
+        seed=0,
+        metric="f1_macro",
+        value=0.0,
+    )
+    return {**row, **fields}
+
+
+def test_headline_pools_checkpoints_and_seeds_per_model_and_setting():
+    rows = []
+    for model, base in (("rlrt", 0.50), ("late", 0.40)):
+        for checkpoint, shift in (("a", 0.0), ("b", 0.02)):  # two training seeds
+            for seed in (0, 1):
+                common = dict(model=model, checkpoint=checkpoint, seed=seed)
+                rows.append(result_row(**common, value=base + shift))
+                rows.append(
+                    result_row(**common, missing_type="image", missing_rate=0.7, value=base - 0.1)
+                )
+                rows.append(
+                    result_row(
+                        **common,
+                        perturbation="noise",
+                        missing_type="",
+                        noise_modality="text",
+                        noise_level=10.0,
+                        value=base - 0.2 + shift,
+                    )
+                )
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    table = headline(frame)
+    spread = 100 * pd.Series([0.5, 0.5, 0.52, 0.52]).std()
+    assert table.splitlines()[0] == (
+        "| f1_macro (%) | complete | 70% missing image | text noise 10 |"
+    )
+    assert f"| rlrt | 51.0 ± {spread:.1f} | 40.0 ± 0.0 | 31.0 ± {spread:.1f} |" in table
+    assert f"| late | 41.0 ± {spread:.1f} | 30.0 ± 0.0 | 21.0 ± {spread:.1f} |" in table
+    assert "Checkpoints per model: rlrt: 2, late: 2" in markdown(frame)
 
 
 def test_robustness_end_to_end(tmp_path, monkeypatch, tiny_vit_config, tiny_llama_dir):
