@@ -84,18 +84,11 @@ class EpochTimer(Callback):
 def encoder_args(size: str, scratch: Path) -> list[str]:
     """CLI overrides selecting the encoders of one benchmark size."""
     if size == "tiny":
-        from rlrt.tiny_encoders import write_tiny_llama, write_tiny_vit_config
+        from rlrt.tiny_encoders import tiny_encoder_args, write_tiny_llama, write_tiny_vit_config
 
         vit = write_tiny_vit_config(scratch)
         llama = write_tiny_llama(scratch / "tiny-llama")
-        return [
-            f"--model.image_encoder.init_args.config_file={vit}",
-            "--model.image_encoder.init_args.image_size=32",
-            "--model.image_encoder.init_args.layers=2",
-            f"--model.text_encoder.init_args.model_name_or_path={llama}",
-            "--model.text_encoder.init_args.layers=2",
-            "--model.text_encoder.init_args.pooling=last",
-        ]
+        return tiny_encoder_args(vit, llama, common_dim=None)
     return [
         "--model.image_encoder.init_args.config_file=null",
         "--model.image_encoder.init_args.model_name=ViT-B-32",

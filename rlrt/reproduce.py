@@ -115,7 +115,7 @@ def _call(spec: str, *args: Any, **kwargs: Any) -> Any:
 
 def smoke_inputs(workdir: Path, datasets: list[Table1Dataset]) -> tuple[dict[str, Path], list[str]]:
     """Write fake datasets and tiny encoders under `workdir`; return roots and model arguments."""
-    from rlrt.tiny_encoders import write_tiny_llama, write_tiny_vit_config
+    from rlrt.tiny_encoders import tiny_encoder_args, write_tiny_llama, write_tiny_vit_config
 
     roots = {}
     for dataset in datasets:
@@ -128,13 +128,7 @@ def smoke_inputs(workdir: Path, datasets: list[Table1Dataset]) -> tuple[dict[str
     if not (llama / "config.json").is_file():
         write_tiny_llama(llama)
     model_args = [
-        f"--model.image_encoder.init_args.config_file={vit}",
-        "--model.image_encoder.init_args.image_size=32",
-        "--model.image_encoder.init_args.layers=2",
-        f"--model.text_encoder.init_args.model_name_or_path={llama}",
-        "--model.text_encoder.init_args.layers=2",
-        "--model.text_encoder.init_args.pooling=last",
-        "--model.common_dim=8",
+        *tiny_encoder_args(vit, llama),
         "--data.init_args.batch_size=16",
         "--data.init_args.num_workers=0",
         "--trainer.max_epochs=2",

@@ -56,3 +56,17 @@ def write_tiny_llama(folder: Path) -> Path:
     torch.manual_seed(0)
     LlamaModel(config).save_pretrained(folder)
     return folder
+
+
+def tiny_encoder_args(vit_config: Path, llama_dir: Path, common_dim: int | None = 8) -> list[str]:
+    """CLI overrides that put the tiny encoders (2 layers each, 32 px images) into a model config
+    such as `configs/model/demo.yaml`, and a small common width unless `common_dim` is None."""
+    args = [
+        f"--model.image_encoder.init_args.config_file={vit_config}",
+        "--model.image_encoder.init_args.image_size=32",
+        "--model.image_encoder.init_args.layers=2",
+        f"--model.text_encoder.init_args.model_name_or_path={llama_dir}",
+        "--model.text_encoder.init_args.layers=2",
+        "--model.text_encoder.init_args.pooling=last",
+    ]
+    return args if common_dim is None else [*args, f"--model.common_dim={common_dim}"]

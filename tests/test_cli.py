@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from rlrt.cli import RLRTCLI, main
+from rlrt.tiny_encoders import tiny_encoder_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -24,13 +25,7 @@ def demo_args(tmp_path, tiny_vit_config, tiny_llama_dir, num_movies=48):
         f"--data.init_args.num_movies={num_movies}",
         "--data.init_args.batch_size=16",
         "--data.init_args.num_workers=0",
-        f"--model.image_encoder.init_args.config_file={tiny_vit_config}",
-        "--model.image_encoder.init_args.image_size=32",
-        "--model.image_encoder.init_args.layers=2",
-        f"--model.text_encoder.init_args.model_name_or_path={tiny_llama_dir}",
-        "--model.text_encoder.init_args.layers=2",
-        "--model.text_encoder.init_args.pooling=last",
-        "--model.common_dim=8",
+        *tiny_encoder_args(tiny_vit_config, tiny_llama_dir),
         "--trainer.max_epochs=2",
         "--trainer.enable_progress_bar=false",
     ]

@@ -10,6 +10,7 @@ import pytest
 
 from data_modules.fakes import write_fake_food101, write_fake_mmimdb, write_fake_snli_ve
 from rlrt.cli import RLRTCLI
+from rlrt.tiny_encoders import tiny_encoder_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -34,13 +35,7 @@ def cli_args(name: str, root: Path, extra: list[str], vit: Path, llama: Path) ->
         "--data.batch_size=8",
         "--data.num_workers=0",
         *extra,
-        f"--model.image_encoder.init_args.config_file={vit}",
-        "--model.image_encoder.init_args.image_size=32",
-        "--model.image_encoder.init_args.layers=2",
-        f"--model.text_encoder.init_args.model_name_or_path={llama}",
-        "--model.text_encoder.init_args.layers=2",
-        "--model.text_encoder.init_args.pooling=last",
-        "--model.common_dim=8",
+        *tiny_encoder_args(vit, llama),
         "--trainer.max_epochs=1",
         "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false",

@@ -16,6 +16,7 @@ import torch
 from rlrt.checkpoints import add_digest
 from rlrt.cli import RLRTCLI, main
 from rlrt.errors import one_line, parse_error_line, split_debug_flag, user_error_message
+from tests.test_cli import demo_args as cli_demo_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -36,25 +37,8 @@ def base(tmp_path_factory):
 
 def demo_args(base: Path, vit_config: Path, llama_dir: Path) -> list[str]:
     return [
-        "--config",
-        str(CONFIGS / "trainer" / "demo.yaml"),
-        "--config",
-        str(CONFIGS / "data" / "demo.yaml"),
-        "--config",
-        str(CONFIGS / "model" / "demo.yaml"),
-        f"--data.init_args.root={base / 'demo_data'}",
-        "--data.init_args.num_movies=40",
-        "--data.init_args.batch_size=16",
-        "--data.init_args.num_workers=0",
-        f"--model.image_encoder.init_args.config_file={vit_config}",
-        "--model.image_encoder.init_args.image_size=32",
-        "--model.image_encoder.init_args.layers=2",
-        f"--model.text_encoder.init_args.model_name_or_path={llama_dir}",
-        "--model.text_encoder.init_args.layers=2",
-        "--model.text_encoder.init_args.pooling=last",
-        "--model.common_dim=8",
+        *cli_demo_args(base, vit_config, llama_dir, num_movies=40),
         "--trainer.max_epochs=1",
-        "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,55 @@ def test_ddp_test_metrics_and_cache_match_a_single_process(
 
     # and a DDP fit runs end to end from that cache
     run(["fit", *args, *DDP, f"--data.init_args.feature_cache={tmp_path / 'two'}"], tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux")
+def test_two_nodes_build_the_same_cache_as_one_process(tmp_path, tiny_vit_config, tiny_llama_dir):
+    """Two "nodes" of one device each, started by hand as on a cluster (NODE_RANK, MASTER_ADDR,
+    MASTER_PORT), sharing the cache folder's filesystem: one manifest per split, arrays equal to a
+    single-process build."""
+    args = demo_args(tmp_path, tiny_vit_config, tiny_llama_dir, num_movies=40)
+    # (the single-process build also generates the demo data, before both nodes read it)
+    run(["cache", *args, f"--data.init_args.feature_cache={tmp_path / 'one'}"], tmp_path)
+    nodes = [
+        "--trainer.accelerator=cpu",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=1",
+        "--trainer.num_nodes=2",
+    ]
+    command = [*RLRT, "cache", *args, *nodes, f"--data.init_args.feature_cache={tmp_path / 'two'}"]
+    port = str(free_port())
+    processes = []
+    for node in (0, 1):
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONWARNINGS": "ignore",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "NODE_RANK": str(node),
+        }
+        processes.append(
+            subprocess.Popen(
+                command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    for process in processes:
+        _, errors = process.communicate(timeout=600)
+        assert process.returncode == 0, errors.decode()[-3000:]
+    for split in ("train", "val", "test"):
+        one, two = tmp_path / "one" / split, tmp_path / "two" / split
+        assert json.loads((one / "manifest.json").read_text()) == json.loads(
+            (two / "manifest.json").read_text()
+        )
+        for name in ("image_tokens", "image_embedding", "text_tokens", "text_mask"):
+            np.testing.assert_array_equal(
+                np.load(two / f"{name}.npy"), np.load(one / f"{name}.npy")
+            )

@@ -8,21 +8,10 @@ import pytest
 
 from data_modules.pairs import PairsDataModule, read_rows
 from rlrt.cli import RLRTCLI, main
+from rlrt.tiny_encoders import tiny_encoder_args
 from tests.test_cli import CONFIGS, demo_args
 
 GENRES_AT = 23
-
-
-def tiny_model_args(tiny_vit_config, tiny_llama_dir):
-    return [
-        f"--model.image_encoder.init_args.config_file={tiny_vit_config}",
-        "--model.image_encoder.init_args.image_size=32",
-        "--model.image_encoder.init_args.layers=2",
-        f"--model.text_encoder.init_args.model_name_or_path={tiny_llama_dir}",
-        "--model.text_encoder.init_args.layers=2",
-        "--model.text_encoder.init_args.pooling=last",
-        "--model.common_dim=8",
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +47,7 @@ def predict(tmp_path, trained, tiny_vit_config, tiny_llama_dir, pairs, output, *
             str(CONFIGS / "model" / "demo.yaml"),
             "--config",
             str(CONFIGS / "predict" / "pairs.yaml"),
-            *tiny_model_args(tiny_vit_config, tiny_llama_dir),
+            *tiny_encoder_args(tiny_vit_config, tiny_llama_dir),
             f"--data.init_args.path={pairs}",
             "--data.init_args.num_workers=0",
             "--trainer.enable_progress_bar=false",

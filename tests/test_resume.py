@@ -21,6 +21,7 @@ from data_modules.resumable import EpochShuffleSampler, ResumableDataLoader
 from rlrt.checkpoints import RunCheckpoint
 from rlrt.cli import RLRTCLI, main
 from rlrt.resume import capture_rng_state, restore_rng_state
+from rlrt.tiny_encoders import tiny_encoder_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -75,13 +76,7 @@ def fit_args(base: Path, vit_config: Path, llama_dir: Path) -> list[str]:
         "--data.init_args.num_movies=48",
         "--data.init_args.batch_size=8",
         "--data.init_args.num_workers=0",
-        f"--model.image_encoder.init_args.config_file={vit_config}",
-        "--model.image_encoder.init_args.image_size=32",
-        "--model.image_encoder.init_args.layers=2",
-        f"--model.text_encoder.init_args.model_name_or_path={llama_dir}",
-        "--model.text_encoder.init_args.layers=2",
-        "--model.text_encoder.init_args.pooling=last",
-        "--model.common_dim=8",
+        *tiny_encoder_args(vit_config, llama_dir),
     ]
 
 
