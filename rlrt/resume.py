@@ -12,6 +12,11 @@ loader's `state_dict()` (when it has one, e.g. `data_modules.resumable.Resumable
 every checkpoint, as plain tensors and numbers (loadable with `weights_only=True`), and puts both
 back when a `fit` resumes, at `on_train_start`: after everything the restore runs (sanity check,
 loader set-up) and before the first batch is drawn.
+
+Under DDP every process has its own RNG states (each draws its own dropout masks) while only
+rank 0 writes the checkpoint, so the states of all ranks are gathered into it, and each rank of a
+resumed run takes its own back. A checkpoint from another number of processes cannot be resumed
+exactly: every rank then takes rank 0's states, with a warning.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -77,11 +83,16 @@ class ExactResume(Callback):
         self._trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
+        """Called on every rank when a checkpoint is written (Lightning builds the checkpoint
+        everywhere and rank 0 saves it), so gathering here is a collective all ranks join."""
         loader = _train_loader(self._trainer)
-        return {
-            "rng": capture_rng_state(),
-            "train_loader": None if loader is None else loader.state_dict(),
-        }
+        rng = capture_rng_state()
+        state = {"rng": rng, "train_loader": None if loader is None else loader.state_dict()}
+        if _world_size() > 1:
+            by_rank: list[Any] = [None] * _world_size()
+            torch.distributed.all_gather_object(by_rank, rng)
+            state["rng_by_rank"] = by_rank
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict
@@ -92,8 +103,23 @@ class ExactResume(Callback):
         loader = _train_loader(trainer)
         if loader is not None and self._pending.get("train_loader") is not None:
             loader.load_state_dict(self._pending["train_loader"])
-        restore_rng_state(self._pending["rng"])
+        by_rank = self._pending.get("rng_by_rank")
+        if by_rank is not None and len(by_rank) == trainer.world_size:
+            restore_rng_state(by_rank[trainer.global_rank])
+        else:
+            if trainer.world_size > 1:
+                rank_zero_warn(
+                    f"the checkpoint was written by {len(by_rank or [None])} process(es), this "
+                    f"run has {trainer.world_size}: every rank takes rank 0's RNG states, so the "
+                    "resumed run will not repeat an uninterrupted one exactly"
+                )
+            restore_rng_state(self._pending["rng"])
         self._pending = None
+
+
+def _world_size() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1
 
 
 def _train_loader(trainer: Trainer | None) -> Any:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.test_cli import demo_args
+from tests.test_resume import REPO, fit_args
 
 RLRT = [sys.executable, "-m", "rlrt.cli"]
 DDP = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
@@ -122,3 +125,64 @@ def test_two_nodes_build_the_same_cache_as_one_process(tmp_path, tiny_vit_config
             np.testing.assert_array_equal(
                 np.load(two / f"{name}.npy"), np.load(one / f"{name}.npy")
             )
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux")
+def test_ddp_fit_killed_mid_epoch_resumes_exactly(tmp_path, tiny_vit_config, tiny_llama_dir):
+    """Both ranks SIGKILLed mid-epoch, then `--ckpt_path last`: the same final weights as an
+    uninterrupted 2-process run (each rank gets its own RNG states back, e.g. for dropout)."""
+    args = [
+        *fit_args(tmp_path, tiny_vit_config, tiny_llama_dir),
+        *DDP,
+        "--data.init_args.batch_size=4",
+        "--trainer.callbacks.init_args.every_n_train_steps=3",
+        "--trainer.callbacks+=tests.kill_callback.DesyncRanks",
+    ]
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    full.mkdir()
+    broken.mkdir()
+    kill = {"class_path": "tests.kill_callback.KillAtStep", "init_args": {"step": 7, "group": True}}
+    killed = run_in_session(["fit", *args, f"--trainer.callbacks+={json.dumps(kill)}"], broken)
+    assert killed.returncode == -signal.SIGKILL
+    run_in_session(["fit", *args, "--ckpt_path", "last"], broken, check=True)
+    run_in_session(["fit", *args], full, check=True)
+
+    interrupted = load_checkpoint(broken / "runs/rlrt/version_0/checkpoints/last.ckpt")
+    resumed = load_checkpoint(broken / "runs/rlrt/version_1/checkpoints/last.ckpt")
+    uninterrupted = load_checkpoint(full / "runs/rlrt/version_0/checkpoints/last.ckpt")
+    steps_per_epoch = uninterrupted["global_step"] // 3  # max_epochs: 3
+    assert interrupted["global_step"] == 6 and 6 % steps_per_epoch != 0  # killed mid-epoch
+    rank0, rank1 = interrupted["callbacks"]["ExactResume"]["rng_by_rank"]
+    assert not torch.equal(rank0["torch"], rank1["torch"])  # the ranks' streams differ
+    assert resumed["global_step"] == uninterrupted["global_step"]
+    for key, value in uninterrupted["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def run_in_session(args, cwd, check=False):
+    """`rlrt ARGS` in its own session (a process group of its own, so a kill of the group takes
+    both ranks and nothing else), one thread per process."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    done = subprocess.run(
+        [*RLRT, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def load_checkpoint(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
