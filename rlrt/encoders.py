@@ -22,6 +22,7 @@ from rlrt.features import (
     pool_text_tokens,
     select_layers,
 )
+from rlrt.fingerprint import file_fingerprint, folder_fingerprint
 
 
 class FrozenEncoder(nn.Module):
@@ -132,6 +133,8 @@ class FrozenImageEncoder(FrozenEncoder):
         self.visual = visual
         self.model_name = model_name
         self.pretrained = pretrained
+        self.init_seed = init_seed
+        self._weights_fingerprint = image_weights_fingerprint(model_name, pretrained, config_file)
         self.image_size = image_size
         self.token_grid = token_grid
         self.num_blocks = len(visual.transformer.resblocks)
@@ -150,16 +153,22 @@ class FrozenImageEncoder(FrozenEncoder):
         return None if self.token_grid is None else 1 + self.token_grid**2
 
     def identity(self) -> dict[str, Any]:
+        """Architecture, weights (tag; or the content fingerprint of a local checkpoint file,
+        folder or model config; or the seed of random weights), image size, layers, pooling."""
         weights = self.pretrained
         if weights is not None and Path(weights).is_file():
-            weights = f"{Path(weights).name} ({Path(weights).stat().st_size} bytes)"
-        return {
+            weights = Path(weights).name  # where it lies does not matter; its content does
+        identity = {
             "model_name": self.model_name,
             "pretrained": weights,
+            "weights_fingerprint": self._weights_fingerprint,
             "image_size": self.image_size,
             "layers": list(self.layer_indices),
             "token_grid": self.token_grid,
         }
+        if self.pretrained is None:
+            identity["init_seed"] = self.init_seed
+        return identity
 
     def normalize(self, images: Tensor, present: Tensor | None = None) -> Tensor:
         """uint8 `(B, 3, S, S)` -> normalised float `(B, 3, S, S)`.
@@ -202,6 +211,20 @@ class FrozenImageEncoder(FrozenEncoder):
         tokens = torch.stack(layers)  # (L_s, B, N_i, D_i)
         mask = torch.ones(tokens.shape[1:3], dtype=torch.bool, device=tokens.device)
         return tokens, mask, out["image_features"].float()
+
+
+def image_weights_fingerprint(
+    model_name: str, pretrained: str | None, config_file: str | None
+) -> str | None:
+    """Content fingerprint of whatever local file decides the image tower's weights or shape:
+    a checkpoint file, a `local-dir:` folder, else the model config JSON; None for hub tags."""
+    if pretrained is not None and Path(pretrained).is_file():
+        return file_fingerprint(pretrained)
+    if model_name.startswith("local-dir:"):
+        return folder_fingerprint(model_name.removeprefix("local-dir:"))
+    if config_file is not None:
+        return file_fingerprint(config_file)
+    return None
 
 
 def resolve_model_path(spec: str) -> str:
@@ -293,6 +316,8 @@ class FrozenTextEncoder(FrozenEncoder):
         self.tokenizer = tokenizer
         self.model_name_or_path = model_name_or_path
         self.revision = revision
+        self.dtype_name = dtype
+        self._weights_fingerprint = folder_fingerprint(path) if Path(path).is_dir() else None
         self.pooling = pooling
         self.segments = segments
         self.max_length = max_length
@@ -307,9 +332,13 @@ class FrozenTextEncoder(FrozenEncoder):
         return self.segments
 
     def identity(self) -> dict[str, Any]:
+        """Model (name, hub revision, or the content fingerprint of a local folder), weights
+        dtype, layers, pooling and truncation."""
         return {
             "model_name_or_path": self.model_name_or_path,
             "revision": self.revision,
+            "weights_fingerprint": self._weights_fingerprint,
+            "dtype": self.dtype_name,
             "model_type": self.model.config.model_type,
             "layers": list(self.layer_indices),
             "segments": self.segments,

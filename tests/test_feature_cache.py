@@ -2,6 +2,7 @@
 
 import errno
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,23 @@ def test_a_cache_for_other_encoder_layers_is_refused(
 ):
     data, model = make_pair(tmp_path, tiny_vit_config, tiny_llama_dir, cache, text_layers=[0, 2])
     with pytest.raises(CacheMismatchError, match=r"encoders\.text\.layers=\[1, 2\].*\[0, 2\]"):
+        fit(data, model, tmp_path, epochs=1)
+
+
+def test_a_cache_of_weights_changed_in_place_is_refused(
+    tmp_path, tiny_vit_config, tiny_llama_dir, monkeypatch
+):
+    """The same folder, other weights (a fine-tune saved over the old one): refused by content."""
+    monkeypatch.chdir(tmp_path)
+    llama = tmp_path / "llama"
+    shutil.copytree(tiny_llama_dir, llama)
+    build_cache(tmp_path, tiny_vit_config, llama, tmp_path / "cache")
+    weights = next(p for p in llama.iterdir() if p.suffix in (".safetensors", ".bin"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    data, model = make_pair(tmp_path, tiny_vit_config, llama, tmp_path / "cache")
+    with pytest.raises(CacheMismatchError, match=r"encoders\.text\.weights_fingerprint"):
         fit(data, model, tmp_path, epochs=1)
 
 
