@@ -33,6 +33,10 @@ COLUMNS = [
 ]
 TYPE_COLORS = {"image": "tab:blue", "text": "tab:orange", "both": "tab:green"}
 MODEL_STYLES = ["-", "--", ":", "-."]
+KIND_LABELS = {  # legend entries: what was done to the test samples
+    "missing": {"image": "image missing", "text": "text missing", "both": "image or text missing"},
+    "noise": {"image": "image noise", "text": "text noise"},
+}
 
 
 def preferred_metric(frame: pd.DataFrame) -> str:
@@ -184,7 +188,8 @@ def plot_png(frame: pd.DataFrame, metric: str | None = None) -> bytes:
                     continue
                 x = 100 * line["amount"] if perturbation == "missing" else line["amount"]
                 y, band = 100 * line["mean"], 100 * line["std"]
-                name = kind if len(models) == 1 else f"{model}: {kind}"
+                what = KIND_LABELS[perturbation].get(kind, kind)
+                name = what if len(models) == 1 else f"{model}: {what}"
                 color = TYPE_COLORS.get(kind)
                 style = MODEL_STYLES[m_index % len(MODEL_STYLES)]
                 ax.plot(x, y, style, marker="o", ms=3, color=color, label=name)
