@@ -34,7 +34,7 @@ ablations: install ## the grid of configs/sweeps/ablations.yaml run here, no W&B
 reproduce-table1: install ## Table 1: MMIMDB_ROOT= FOOD101_ROOT= SNLIVE_ROOT= CLIP_PRETRAINED= TEXT_MODEL= [SEEDS=0,1,2]; SMOKE=1: fake data, tiny encoders
 	$(BIN)/rlrt reproduce-table1
 
-bench: install ## encoders vs feature cache vs training throughput -> results/bench.{json,md}
+bench: install ## encoders vs feature cache vs training throughput, tiny and base sizes (~5 min on an idle machine) -> results/bench.{json,md}
 	$(OFFLINE) $(BIN)/rlrt bench
 
 bench-data: install ## input-pipeline images/s with 0, 1, 2 workers -> results/bench_data.json
@@ -47,4 +47,4 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 clean: ## remove generated demo data and results (keeps .venv)
-	rm -rf data/demo_mmimdb results/demo runs
+	rm -rf data/demo_mmimdb results/demo results/evidence runs
