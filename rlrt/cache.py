@@ -70,6 +70,12 @@ class RowWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.folder = folder
         self.writer: SplitCacheWriter | None = None
+        self.written = {"images": 0, "texts": 0}  # rows this process encoded into `folder`
+
+    def start(self, folder: Path) -> None:
+        """Write the next split into `folder`, counting afresh."""
+        self.folder, self.writer = folder, None
+        self.written = {"images": 0, "texts": 0}
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -78,7 +84,9 @@ class RowWriter(BasePredictionWriter):
             return
         if self.writer is None:
             self.writer = SplitCacheWriter(self.folder).open()
-        if "image_tokens" in prediction:
+        kind = "images" if "image_tokens" in prediction else "texts"
+        self.written[kind] += len(prediction["row"])
+        if kind == "images":
             self.writer.write_images(
                 prediction["row"], prediction["image_tokens"], prediction["image_embedding"]
             )
@@ -331,7 +339,7 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
                 "text_tokens": shapes.text_tokens,
             },
         }
-        writer.folder, writer.writer = cache_dir / split, None
+        writer.start(cache_dir / split)
         if global_rank() == 0:
             needed = claim(cache_dir / split, build, args.overwrite)
         else:  # the same decision, without touching files (rank 0 owns them)
@@ -351,6 +359,12 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
         )
         seconds = time.perf_counter() - start
         report.samples[split], report.seconds[split] = len(sources.ids), seconds
+        if trainer.world_size > 1:  # which process did what: each encodes its shard
+            print(
+                f"rlrt cache: {split}: rank {trainer.global_rank} of {trainer.world_size} "
+                f"encoded {writer.written['images']} images and {writer.written['texts']} texts",
+                flush=True,
+            )
         if trainer.is_global_zero:
             size = folder_size(cache_dir / split) / 2**20
             print(

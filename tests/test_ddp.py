@@ -113,9 +113,15 @@ def test_two_nodes_build_the_same_cache_as_one_process(tmp_path, tiny_vit_config
                 command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
         )
+    texts_by_node = []
     for process in processes:
-        _, errors = process.communicate(timeout=600)
+        output, errors = process.communicate(timeout=600)
         assert process.returncode == 0, errors.decode()[-3000:]
+        line = next(x for x in output.decode().splitlines() if "rlrt cache: train: rank" in x)
+        texts_by_node.append(int(line.split(" and ")[1].split()[0]))
+    # each node encoded its own shard of the training texts (DistributedSampler pads by one)
+    total = len(json.loads((tmp_path / "one" / "train" / "ids.json").read_text()))
+    assert min(texts_by_node) >= total // 2 and sum(texts_by_node) in (total, total + 1)
     for split in ("train", "val", "test"):
         one, two = tmp_path / "one" / split, tmp_path / "two" / split
         assert json.loads((one / "manifest.json").read_text()) == json.loads(
