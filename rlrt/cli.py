@@ -8,6 +8,7 @@ module, the number of classes, the task type and the class names from the data m
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -71,6 +72,14 @@ class RLRTCLI(LightningCLI):
             help="number of layer pairs L_s: sets both encoders' `layers` to this count "
             "(one key for sweeps); unset, each encoder's own `layers` applies",
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        """Lightning's, without its warning that `args` and `sys.argv` are both given: the
+        commands here (`rlrt demo`, `rlrt compare`, ...) build their runs from their own argument
+        lists on purpose, under their own command line."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         """Apply `layer_pairs` to both encoders; for `predict`, give a data module that reads its
@@ -200,8 +209,22 @@ def main(args: list[str] | None = None) -> None:
     `rlrt: error: ...` on stderr and exit status 2; `--debug` anywhere shows the traceback.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    _drop_lightning_advert()
     commands = [*LightningCLI.subcommands(), *EXTRA_COMMANDS]
     run_reporting_errors(_dispatch, argv, command_name(split_debug_flag(argv)[0], commands))
+
+
+class _NoAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def _drop_lightning_advert() -> None:
+    """Lightning logs a product tip at every Trainer start (five times in `rlrt demo`): the
+    console commands leave it out; everything else it logs stays."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvert) for f in logger.filters):
+        logger.addFilter(_NoAdvert())
 
 
 def _dispatch(argv: list[str]) -> None:

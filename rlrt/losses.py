@@ -95,7 +95,8 @@ def cca_loss(x: Tensor, y: Tensor, r: float = 1e-3, top_k: int | None = None) ->
 
 
 class CCALoss(nn.Module):
-    """`L_CCA` averaged over layer pairs, with a one-time warning for batches too small for CCA.
+    """`L_CCA` averaged over layer pairs, with a one-time warning for training batches too small
+    for CCA.
 
     Args:
         r: covariance ridge.
@@ -111,7 +112,9 @@ class CCALoss(nn.Module):
     def forward(self, image: Tensor, text: Tensor) -> Tensor:
         """image, text: `(L_s, B, d)` -> float64 scalar, the mean over the `L_s` layer pairs."""
         batch, dim = image.shape[1], image.shape[2]
-        if batch <= dim and self.top_k is None and not self._warned:
+        # Only while training: there the loss steers learning; in evaluation a short last batch
+        # just reports a number.
+        if self.training and batch <= dim and self.top_k is None and not self._warned:
             warnings.warn(
                 f"L_CCA on a batch of {batch} <= common width {dim}: the sample covariances are "
                 "rank-deficient and most canonical correlations reach 1 trivially. Use a larger "
