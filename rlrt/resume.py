@@ -107,9 +107,10 @@ class ExactResume(Callback):
         if by_rank is not None and len(by_rank) == trainer.world_size:
             restore_rng_state(by_rank[trainer.global_rank])
         else:
-            if trainer.world_size > 1:
+            saved_by = 1 if by_rank is None else len(by_rank)
+            if saved_by != trainer.world_size:
                 rank_zero_warn(
-                    f"the checkpoint was written by {len(by_rank or [None])} process(es), this "
+                    f"the checkpoint was written by {saved_by} process(es), this "
                     f"run has {trainer.world_size}: every rank takes rank 0's RNG states, so the "
                     "resumed run will not repeat an uninterrupted one exactly"
                 )

@@ -366,3 +366,36 @@ def test_resumed_checkpoint_callback_keeps_the_best_score(tmp_path):
     new.load_state_dict(old.state_dict())
     assert new.best_model_score == 0.25 and new.best_model_path == old.best_model_path
     assert new.dirpath == str(tmp_path / "version_1")  # still writes into its own directory
+
+
+def test_a_checkpoint_of_another_world_size_resumes_with_rank_0s_rng_and_says_so():
+    import warnings
+    from types import SimpleNamespace
+
+    from rlrt.resume import ExactResume
+
+    torch.manual_seed(1)
+    rank0 = capture_rng_state()
+    after0 = torch.rand(3)
+    torch.manual_seed(2)
+    rank1 = capture_rng_state()
+    after1 = torch.rand(3)
+    saved = {"rng": rank0, "train_loader": None, "rng_by_rank": [rank0, rank1]}
+
+    def resume(world_size, global_rank):
+        trainer = SimpleNamespace(
+            state=SimpleNamespace(fn="fit"),
+            train_dataloader=None,
+            world_size=world_size,
+            global_rank=global_rank,
+        )
+        callback = ExactResume()
+        callback.load_state_dict(saved)
+        callback.on_train_start(trainer, None)
+        return torch.rand(3)
+
+    with pytest.warns(UserWarning, match="written by 2 process"):
+        assert torch.equal(resume(world_size=1, global_rank=0), after0)  # rank 0's stream
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(resume(world_size=2, global_rank=1), after1)  # its own, silently
