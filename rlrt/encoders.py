@@ -22,7 +22,7 @@ from rlrt.features import (
     pool_text_tokens,
     select_layers,
 )
-from rlrt.fingerprint import file_fingerprint, folder_fingerprint
+from rlrt.fingerprint import file_fingerprint, folder_fingerprint, hub_snapshot_commit
 
 
 class FrozenEncoder(nn.Module):
@@ -317,7 +317,11 @@ class FrozenTextEncoder(FrozenEncoder):
         self.model_name_or_path = model_name_or_path
         self.revision = revision
         self.dtype_name = dtype
-        self._weights_fingerprint = folder_fingerprint(path) if Path(path).is_dir() else None
+        self._weights_fingerprint = (
+            folder_fingerprint(path)
+            if Path(path).is_dir()
+            else hub_snapshot_commit(path, revision)  # the snapshot loaded, even at revision None
+        )
         self.pooling = pooling
         self.segments = segments
         self.max_length = max_length
@@ -332,8 +336,8 @@ class FrozenTextEncoder(FrozenEncoder):
         return self.segments
 
     def identity(self) -> dict[str, Any]:
-        """Model (name, hub revision, or the content fingerprint of a local folder), weights
-        dtype, layers, pooling and truncation."""
+        """Model (name and revision; the content fingerprint of a local folder, or the commit
+        of the cached hub snapshot), weights dtype, layers, pooling and truncation."""
         return {
             "model_name_or_path": self.model_name_or_path,
             "revision": self.revision,

@@ -43,3 +43,18 @@ def folder_fingerprint(folder: str | Path, sample_bytes: int = SAMPLE_BYTES) -> 
             continue
         digest.update(f"{relative.as_posix()}\0{file_fingerprint(path, sample_bytes)}\0".encode())
     return f"sha256:{digest.hexdigest()}"
+
+
+def hub_snapshot_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """`hub-commit:<hash>` of the locally cached snapshot a hub id (at `revision`, default the
+    `main` ref) resolves to, which is what `from_pretrained` loaded; None when it is not cached
+    in the standard hub cache. Needs no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:  # not a hub id (e.g. a relative folder that does not exist)
+        return None
+    if isinstance(found, str) and Path(found).parent.parent.name == "snapshots":
+        return f"hub-commit:{Path(found).parent.name}"
+    return None

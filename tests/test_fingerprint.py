@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.fingerprint import file_fingerprint, folder_fingerprint
@@ -78,3 +81,34 @@ def test_a_text_model_folder_is_identified_by_its_content(tmp_path, tiny_llama_d
     weights.write_bytes(bytes(data))
     assert identity(moved)["weights_fingerprint"] != identity(tiny_llama_dir)["weights_fingerprint"]
     assert identity(moved)["dtype"] == "float32"
+
+
+def test_a_hub_model_is_identified_by_the_cached_snapshot_it_loads(tmp_path, tiny_llama_dir):
+    """A fake hub cache (the standard layout) read offline in a fresh process, since the hub
+    cache folder is fixed when huggingface_hub is imported."""
+    repo = tmp_path / "hub" / "models--rlrt--tiny-llama"
+    for commit in ("a" * 40, "b" * 40):
+        shutil.copytree(tiny_llama_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    code = (
+        "from rlrt.encoders import FrozenTextEncoder;"
+        "e = FrozenTextEncoder(model_name_or_path='rlrt/tiny-llama', layers=2);"
+        "print('IDENTITY', e.identity()['weights_fingerprint'])"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+
+    def loaded_identity(main_commit):
+        (repo / "refs" / "main").write_text(main_commit)
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return next(x for x in done.stdout.splitlines() if x.startswith("IDENTITY")).split()[1]
+
+    assert loaded_identity("a" * 40) == f"hub-commit:{'a' * 40}"
+    assert loaded_identity("b" * 40) == f"hub-commit:{'b' * 40}"  # main moved: another model
