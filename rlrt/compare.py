@@ -64,9 +64,8 @@ def variant_configs(names: list[str], folder: Path) -> dict[str, Path]:
 
 def run_compare(argv: list[str]) -> pd.DataFrame:
     """Fit and evaluate every (variant, training seed); returns the combined results frame."""
-    from rlrt.cache import run_cache
     from rlrt.cli import RLRTCLI
-    from rlrt.fit_test import best_checkpoint, cache_folder
+    from rlrt.fit_test import best_checkpoint, with_cache
     from rlrt.robustness import run_robustness
 
     args, rest = parse_args(argv)
@@ -87,9 +86,7 @@ def run_compare(argv: list[str]) -> pd.DataFrame:
         print(f"rlrt compare: [{index}/{len(runs)}] {variant}, training seed {seed}", flush=True)
         fit_args = [*rest, "--config", str(configs[variant]), f"--seed_everything={seed}"]
         # one cache per data and encoder setting, shared by the variants that have the same
-        cache = cache_folder(workdir / "cache", fit_args)
-        fit_args.append(f"--data.init_args.feature_cache={cache}")
-        run_cache([*fit_args, "--trainer.callbacks=[]"])  # complete already after the first
+        fit_args = with_cache(workdir / "cache", fit_args)
         fit = RLRTCLI(args=["fit", *fit_args])
         folder = workdir / variant / f"seed{seed}"
         run_robustness(

@@ -47,6 +47,16 @@ def cache_folder(root: Path, argv: list[str]) -> Path:
     return root / f"{name}-{digest.hexdigest()[:12]}"
 
 
+def with_cache(root: Path, argv: list[str]) -> list[str]:
+    """`argv` reading from its feature cache under `root` (`cache_folder`), built first when it
+    is not complete yet (`rlrt cache` skips complete splits)."""
+    from rlrt.cache import run_cache
+
+    argv = [*argv, f"--data.init_args.feature_cache={cache_folder(root, argv)}"]
+    run_cache([*argv, "--trainer.callbacks=[]"])  # the run's callbacks are not for caching
+    return argv
+
+
 def run_fit_test(argv: list[str]) -> dict[str, float]:
     """Fit, test the best checkpoint, return the test metrics (`{"test/<metric>": value}`)."""
     parser = argparse.ArgumentParser(
@@ -59,11 +69,7 @@ def run_fit_test(argv: list[str]) -> dict[str, float]:
     parser.add_argument("--cache_root", default=None, help="run from a feature cache under it")
     args, rest = parser.parse_known_args(argv)
     if args.cache_root is not None:
-        from rlrt.cache import run_cache
-
-        folder = cache_folder(Path(args.cache_root), rest)
-        rest = [*rest, f"--data.init_args.feature_cache={folder}"]
-        run_cache([*rest, "--trainer.callbacks=[]"])  # the run's callbacks are not for caching
+        rest = with_cache(Path(args.cache_root), rest)
     fit = RLRTCLI(args=["fit", *rest])
     test = RLRTCLI(args=["test", *rest, "--ckpt_path", best_checkpoint(fit.trainer)])
     return test.test_metrics

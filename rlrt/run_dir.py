@@ -75,9 +75,11 @@ def last_checkpoint_folders_of_config(trainer_config: Namespace) -> list[Path]:
     root = trainer_config.get("default_root_dir") or "."
     dirpath = None
     for spec in _as_list(trainer_config.get("callbacks")):
-        callback = _build(spec)
-        if isinstance(callback, ModelCheckpoint):
-            dirpath = callback.dirpath
+        if isinstance(spec, ModelCheckpoint):
+            dirpath = spec.dirpath
+            break
+        if isinstance(spec, Namespace | dict) and issubclass(_class(spec), ModelCheckpoint):
+            dirpath = _build(spec).dirpath  # only checkpoint callbacks are built
             break
     logger_config = trainer_config.get("logger")
     if logger_config is None or logger_config is True:  # Lightning's default logger
@@ -106,10 +108,15 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def _class(spec: Namespace | dict) -> type:
+    """The class a `class_path` config entry names."""
+    module, _, name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def _build(spec: Any) -> Any:
     """An object from a `class_path` / `init_args` config entry (or the object itself)."""
     if not isinstance(spec, Namespace | dict):
         return spec
     spec = spec if isinstance(spec, dict) else spec.as_dict()
-    module, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**(spec.get("init_args") or {}))
+    return _class(spec)(**(spec.get("init_args") or {}))

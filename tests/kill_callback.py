@@ -1,5 +1,6 @@
-"""A test-only callback that kills its own process with SIGKILL, as an OOM killer or a preempted
-node would: no exception, no `finally`, no checkpoint on the way out."""
+"""Test-only callbacks for faults: `KillAtStep` kills with SIGKILL, as an OOM killer or a
+preempted node would (no exception, no `finally`, no checkpoint on the way out); `DesyncRanks`
+gives DDP ranks RNG streams of their own."""
 
 from __future__ import annotations
 

@@ -13,24 +13,53 @@ import pytest
 import torch
 
 from tests.test_cli import demo_args
-from tests.test_resume import REPO, fit_args
+from tests.test_resume import REPO, fit_args, load
 
 RLRT = [sys.executable, "-m", "rlrt.cli"]
 DDP = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
 
 
-def run(args, cwd):
-    env = {
+def rlrt_env(**extra: str) -> dict[str, str]:
+    """Offline, one thread per process (two processes on two cores), this checkout importable
+    (the test callbacks live in `tests/`)."""
+    return {
         **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONWARNINGS": "ignore",
+        **extra,
     }
+
+
+def run(args, cwd, check=True):
+    """`rlrt ARGS` in a session of its own: a kill of its process group takes every rank it
+    started, and nothing else."""
     done = subprocess.run(
-        [*RLRT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [*RLRT, *args],
+        cwd=cwd,
+        env=rlrt_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def assert_same_cache(one: Path, two: Path) -> None:
+    """Two cache folders hold the same manifests and arrays, split by split."""
+    for split in ("train", "val", "test"):
+        assert json.loads((one / split / "manifest.json").read_text()) == json.loads(
+            (two / split / "manifest.json").read_text()
+        )
+        for name in ("image_tokens", "image_embedding", "text_tokens", "text_mask"):
+            np.testing.assert_array_equal(
+                np.load(two / split / f"{name}.npy"), np.load(one / split / f"{name}.npy")
+            )
 
 
 def newest_metrics(cwd: Path) -> dict:
@@ -61,15 +90,7 @@ def test_ddp_test_metrics_and_cache_match_a_single_process(
 
     run(["cache", *args, f"--data.init_args.feature_cache={tmp_path / 'one'}"], tmp_path)
     run(["cache", *args, *DDP, f"--data.init_args.feature_cache={tmp_path / 'two'}"], tmp_path)
-    for split in ("train", "val", "test"):
-        one, two = tmp_path / "one" / split, tmp_path / "two" / split
-        assert json.loads((one / "manifest.json").read_text()) == json.loads(
-            (two / "manifest.json").read_text()
-        )
-        for name in ("image_tokens", "image_embedding", "text_tokens", "text_mask"):
-            np.testing.assert_array_equal(
-                np.load(two / f"{name}.npy"), np.load(one / f"{name}.npy")
-            )
+    assert_same_cache(tmp_path / "one", tmp_path / "two")
 
     # and a DDP fit runs end to end from that cache
     run(["fit", *args, *DDP, f"--data.init_args.feature_cache={tmp_path / 'two'}"], tmp_path)
@@ -99,15 +120,7 @@ def test_two_nodes_build_the_same_cache_as_one_process(tmp_path, tiny_vit_config
     port = str(free_port())
     processes = []
     for node in (0, 1):
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONWARNINGS": "ignore",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "NODE_RANK": str(node),
-        }
+        env = rlrt_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node))
         processes.append(
             subprocess.Popen(
                 command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -122,15 +135,7 @@ def test_two_nodes_build_the_same_cache_as_one_process(tmp_path, tiny_vit_config
     # each node encoded its own shard of the training texts (DistributedSampler pads by one)
     total = len(json.loads((tmp_path / "one" / "train" / "ids.json").read_text()))
     assert min(texts_by_node) >= total // 2 and sum(texts_by_node) in (total, total + 1)
-    for split in ("train", "val", "test"):
-        one, two = tmp_path / "one" / split, tmp_path / "two" / split
-        assert json.loads((one / "manifest.json").read_text()) == json.loads(
-            (two / "manifest.json").read_text()
-        )
-        for name in ("image_tokens", "image_embedding", "text_tokens", "text_mask"):
-            np.testing.assert_array_equal(
-                np.load(two / f"{name}.npy"), np.load(one / f"{name}.npy")
-            )
+    assert_same_cache(tmp_path / "one", tmp_path / "two")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux")
@@ -148,14 +153,14 @@ def test_ddp_fit_killed_mid_epoch_resumes_exactly(tmp_path, tiny_vit_config, tin
     full.mkdir()
     broken.mkdir()
     kill = {"class_path": "tests.kill_callback.KillAtStep", "init_args": {"step": 7, "group": True}}
-    killed = run_in_session(["fit", *args, f"--trainer.callbacks+={json.dumps(kill)}"], broken)
+    killed = run(["fit", *args, f"--trainer.callbacks+={json.dumps(kill)}"], broken, check=False)
     assert killed.returncode == -signal.SIGKILL
-    run_in_session(["fit", *args, "--ckpt_path", "last"], broken, check=True)
-    run_in_session(["fit", *args], full, check=True)
+    run(["fit", *args, "--ckpt_path", "last"], broken)
+    run(["fit", *args], full)
 
-    interrupted = load_checkpoint(broken / "runs/rlrt/version_0/checkpoints/last.ckpt")
-    resumed = load_checkpoint(broken / "runs/rlrt/version_1/checkpoints/last.ckpt")
-    uninterrupted = load_checkpoint(full / "runs/rlrt/version_0/checkpoints/last.ckpt")
+    interrupted = load(broken / "runs/rlrt/version_0/checkpoints/last.ckpt")
+    resumed = load(broken / "runs/rlrt/version_1/checkpoints/last.ckpt")
+    uninterrupted = load(full / "runs/rlrt/version_0/checkpoints/last.ckpt")
     steps_per_epoch = uninterrupted["global_step"] // 3  # max_epochs: 3
     assert interrupted["global_step"] == 6 and 6 % steps_per_epoch != 0  # killed mid-epoch
     rank0, rank1 = interrupted["callbacks"]["ExactResume"]["rng_by_rank"]
@@ -163,32 +168,3 @@ def test_ddp_fit_killed_mid_epoch_resumes_exactly(tmp_path, tiny_vit_config, tin
     assert resumed["global_step"] == uninterrupted["global_step"]
     for key, value in uninterrupted["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
-
-
-def run_in_session(args, cwd, check=False):
-    """`rlrt ARGS` in its own session (a process group of its own, so a kill of the group takes
-    both ranks and nothing else), one thread per process."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONWARNINGS": "ignore",
-    }
-    done = subprocess.run(
-        [*RLRT, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        start_new_session=True,
-    )
-    if check:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def load_checkpoint(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
