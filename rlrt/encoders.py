@@ -1,9 +1,13 @@
 """Frozen foundation encoders: an open_clip image tower and a `transformers` text model.
 
 Both return per-layer token states of the selected layers, pooled deterministically (see
-`rlrt.features`), plus the model's own pooled embedding. Nothing here is ever trained: parameters
-have `requires_grad=False`, the modules stay in eval mode whatever `train()` is asked, and the
-forward passes run under `torch.no_grad()`.
+`rlrt.features`), plus the model's own pooled embedding. Every tap is taken at the same point in
+both towers and for every architecture: the raw output of the block, i.e. the residual stream
+after it, before any final norm (`TAP`). Layer pair `l` is image block
+`image_encoder.layer_indices[l]` with text block `text_encoder.layer_indices[l]`; both lists ascend
+(`select_layers`), and each encoder's `tokens[l]` is its block `layer_indices[l]`. Nothing here is
+ever trained: parameters have `requires_grad=False`, the modules stay in eval mode whatever
+`train()` is asked, and the forward passes run under `torch.no_grad()`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,24 @@ from rlrt.features import (
     select_layers,
 )
 from rlrt.fingerprint import file_fingerprint, folder_fingerprint, hub_snapshot_commit
+
+# Where a tap reads the token states, recorded in the identities: caches and checkpoints made when
+# a decoder's last text tap was post-final-norm (transformers' `hidden_states[-1]`) are refused.
+TAP = "block_output"
+
+# Where `transformers` models keep their blocks (LLaMA/Mistral, BERT, GPT-2, DistilBERT, T5, ...).
+_BLOCK_PATHS = (
+    "layers",
+    "model.layers",
+    "encoder.layer",
+    "encoder.layers",
+    "h",
+    "transformer.h",
+    "transformer.layer",
+    "encoder.block",
+    "block",
+    "decoder.layers",
+)
 
 
 class FrozenEncoder(nn.Module):
@@ -63,7 +85,8 @@ class FrozenImageEncoder(FrozenEncoder):
         config_file: optional open_clip model config (JSON) to register first; its file stem is the
             model name, so `model_name` may be omitted.
         image_size: the input side the data pipeline produces; must equal the model's own.
-        layers: the blocks to tap, as a list of indices or a count evenly spaced in depth.
+        layers: the blocks to tap, as a list of indices or a count evenly spaced in depth; kept
+            ascending and distinct in `layer_indices` (see `select_layers`).
         token_grid: pool the patch grid to `g x g` (plus CLS); None keeps every patch.
         init_seed: seed for random weights (`pretrained=None`), so a demo encoder is reproducible.
     """
@@ -154,7 +177,8 @@ class FrozenImageEncoder(FrozenEncoder):
 
     def identity(self) -> dict[str, Any]:
         """Architecture, weights (tag; or the content fingerprint of a local checkpoint file,
-        folder or model config; or the seed of random weights), image size, layers, pooling."""
+        folder or model config; or the seed of random weights), image size, layers, tap point,
+        pooling."""
         weights = self.pretrained
         if weights is not None and Path(weights).is_file():
             weights = Path(weights).name  # where it lies does not matter; its content does
@@ -164,6 +188,7 @@ class FrozenImageEncoder(FrozenEncoder):
             "weights_fingerprint": self._weights_fingerprint,
             "image_size": self.image_size,
             "layers": list(self.layer_indices),
+            "tap": TAP,
             "token_grid": self.token_grid,
         }
         if self.pretrained is None:
@@ -195,6 +220,9 @@ class FrozenImageEncoder(FrozenEncoder):
 
         Returns:
             tokens `(L_s, B, N_i, D_i)`, mask `(B, N_i)` (all True), embedding `(B, E_i)`; float32.
+            `tokens[l]` is the output of `visual.transformer.resblocks[layer_indices[l]]` (before
+            `ln_post`), pooled by `pool_image_tokens`; the embedding is the model's own (pooled,
+            normed, projected).
         """
         pixels = self.normalize(images, present)
         with _autocast(pixels.device):
@@ -203,6 +231,13 @@ class FrozenImageEncoder(FrozenEncoder):
                 indices=self.layer_indices,
                 output_fmt="NCHW",
                 output_extra_tokens=True,
+            )
+        # open_clip yields the taps in depth order: that is layer_indices' order only because it
+        # ascends and has no repeats (select_layers).
+        if len(out["image_intermediates"]) != len(self.layer_indices):
+            raise RuntimeError(
+                f"open_clip returned {len(out['image_intermediates'])} intermediates for blocks "
+                f"{self.layer_indices}"
             )
         layers = [
             pool_image_tokens(cls[:, 0].float(), grid.float(), self.token_grid)
@@ -252,7 +287,8 @@ class FrozenTextEncoder(FrozenEncoder):
     Args:
         model_name_or_path: a hub id, a local folder, or `package:<module>` (see
             `resolve_model_path`).
-        layers: the blocks to tap, as a list of indices or a count evenly spaced in depth.
+        layers: the blocks to tap, as a list of indices or a count evenly spaced in depth; kept
+            ascending and distinct in `layer_indices` (see `select_layers`).
         segments: pool each layer's tokens to this many contiguous segment means; None keeps all.
         pooling: the modality embedding: `last` real token (decoder models such as LLaMA), `cls`,
             or `mean`; `auto` is `cls` when the tokenizer has a CLS token, else `last`.
@@ -327,6 +363,8 @@ class FrozenTextEncoder(FrozenEncoder):
         self.max_length = max_length
         self.num_blocks = int(model.config.num_hidden_layers)
         self.layer_indices = select_layers(self.num_blocks, layers)
+        # A path, not the module: a second attribute would register the blocks twice.
+        self._blocks_path = find_blocks(model, self.num_blocks)
         self.width = int(model.config.hidden_size)
         self.embed_dim = self.width
         self._freeze()
@@ -337,7 +375,7 @@ class FrozenTextEncoder(FrozenEncoder):
 
     def identity(self) -> dict[str, Any]:
         """Model (name and revision; the content fingerprint of a local folder, or the commit
-        of the cached hub snapshot), weights dtype, layers, pooling and truncation."""
+        of the cached hub snapshot), weights dtype, layers, tap point, pooling and truncation."""
         return {
             "model_name_or_path": self.model_name_or_path,
             "revision": self.revision,
@@ -345,6 +383,7 @@ class FrozenTextEncoder(FrozenEncoder):
             "dtype": self.dtype_name,
             "model_type": self.model.config.model_type,
             "layers": list(self.layer_indices),
+            "tap": TAP,
             "segments": self.segments,
             "pooling": self.pooling,
             "max_length": self.max_length,
@@ -370,19 +409,44 @@ class FrozenTextEncoder(FrozenEncoder):
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         """Encode a batch of texts (missing texts should already be the empty string).
 
+        `tokens[l]` is the raw output of block `layer_indices[l]` (the residual stream after it,
+        captured by a forward hook), pooled by `pool_text_tokens`, for every architecture. Not
+        `hidden_states[i + 1]`: for decoders with a final norm (LLaMA, Mistral, ...) transformers
+        puts the post-norm state in `hidden_states[-1]`, which would make the last tap unlike the
+        others. The embedding is pooled from the model's final output (`last_hidden_state`:
+        post-norm for such decoders, the last block's output for BERT-style encoders), which is
+        what the model itself hands downstream.
+
         Returns:
             tokens `(L_s, B, N_t, D_t)`, mask `(B, N_t)`, embedding `(B, E_t)`; float32.
         """
         device = next(self.model.parameters()).device
         inputs = self.tokenize(texts, device)
         mask = inputs["attention_mask"].bool()  # (B, T)
-        with _autocast(device):
-            out = self.model(**inputs, output_hidden_states=True)
-        # hidden_states[0] is the embedding layer; block i's output is hidden_states[i + 1].
-        states = [out.hidden_states[i + 1].float() for i in self.layer_indices]
+        blocks = self.model.get_submodule(self._blocks_path)
+        captured: dict[int, Tensor] = {}
+
+        def keep(index: int):
+            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                # Recent decoder layers return the state; others a tuple led by it.
+                captured[index] = output[0] if isinstance(output, (tuple, list)) else output
+
+            return hook
+
+        handles = [blocks[i].register_forward_hook(keep(i)) for i in self.layer_indices]
+        try:
+            with _autocast(device):
+                out = self.model(**inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [i for i in self.layer_indices if i not in captured]
+        if missing:
+            raise RuntimeError(f"text blocks {missing} did not run in the forward pass")
+        states = [captured[i].float() for i in self.layer_indices]  # each (B, T, D_t)
         pooled = [pool_text_tokens(h, mask, self.segments) for h in states]
         tokens = torch.stack([p[0] for p in pooled])  # (L_s, B, N_t, D_t)
-        last = out.hidden_states[-1].float()  # (B, T, D_t)
+        last = out.last_hidden_state.float()  # (B, T, D_t)
         if self.pooling == "last":
             embedding = last_token(last, mask)
         elif self.pooling == "cls":
@@ -390,3 +454,29 @@ class FrozenTextEncoder(FrozenEncoder):
         else:
             embedding = masked_mean(last, mask)
         return tokens, pooled[0][1], embedding
+
+
+def find_blocks(model: nn.Module, depth: int) -> str:
+    """The submodule path of a `transformers` model's `nn.ModuleList` of its `depth` blocks.
+
+    Known layouts first (`layers`, `encoder.layer`, `h`, ...), else the only `ModuleList` of that
+    length; a model whose blocks cannot be told apart (or are shared, as in ALBERT) is refused.
+    """
+    for path in _BLOCK_PATHS:
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.ModuleList) and len(module) == depth:
+            return path
+    found = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == depth
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot find the {depth} blocks of {type(model).__name__} to tap "
+            f"(lists of {depth} modules: {found or 'none'})"
+        )
+    return found[0]

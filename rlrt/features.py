@@ -178,19 +178,30 @@ def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
 
 
 def select_layers(num_layers: int, layers: int | list[int]) -> list[int]:
-    """0-based block indices to tap.
+    """0-based block indices to tap, ascending and distinct.
+
+    Layer pair `l` is image block `image_encoder.layer_indices[l]` with text block
+    `text_encoder.layer_indices[l]`, both lists made here: the `l`-th shallowest tap of one tower
+    meets the `l`-th shallowest of the other, whatever order a config lists them in. (open_clip's
+    `forward_intermediates` returns blocks in depth order whatever order it is asked in, so a list
+    kept in config order would silently pair different depths; a repeat would crash later.)
 
     Args:
         num_layers: depth of the encoder.
-        layers: an explicit list (negative indices count from the end), or a count `c`: `c` blocks
-            evenly spaced in depth, the last one being the last block.
+        layers: an explicit list (negative indices count from the end; order and repeats do not
+            matter: `[-1, 11]` on 12 blocks is one layer), or a count `c`: `c` blocks evenly spaced
+            in depth, the last one being the last block.
+
+    Returns:
+        `L_s` sorted distinct indices in `[0, num_layers)`.
     """
     if isinstance(layers, int):
         if not 1 <= layers <= num_layers:
             raise ValueError(f"layer count must be in [1, {num_layers}], got {layers}")
+        # ceil(num_layers * (j + 1) / layers) - 1: strictly increasing since layers <= num_layers
         return [-(-num_layers * (j + 1) // layers) - 1 for j in range(layers)]
     chosen = [i + num_layers if i < 0 else i for i in layers]
     bad = [i for i, c in zip(layers, chosen) if not 0 <= c < num_layers]
     if bad or not chosen:
         raise ValueError(f"layers {list(layers)} out of range for an encoder of depth {num_layers}")
-    return chosen
+    return sorted(set(chosen))

