@@ -1,7 +1,7 @@
 """The trained parts of RLRT as plain `nn.Module`s (no Lightning)."""
 
 from rlrt.modules.fbp import FactorizedBilinearPooling, factorized_bilinear_pooling
-from rlrt.modules.fusion import FusionHead, LayerAggregation
+from rlrt.modules.fusion import FusionHead, LayerAggregation, QueryAttentionPooling
 from rlrt.modules.molt import ModalityLatentTranslation
 
 __all__ = [
@@ -9,5 +9,6 @@ __all__ = [
     "FusionHead",
     "LayerAggregation",
     "ModalityLatentTranslation",
+    "QueryAttentionPooling",
     "factorized_bilinear_pooling",
 ]
