@@ -30,6 +30,7 @@ import pandas as pd
 import yaml
 
 from rlrt.io import atomic_write_text
+from rlrt.metrics import is_reported
 
 SEED_KEYS = ("seed_everything",)
 WANDB_MACROS = ("${env}", "${interpreter}")
@@ -131,7 +132,7 @@ def summarize(rows: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
 def markdown(table: pd.DataFrame) -> str:
     """The summary as a markdown table, metrics in % as mean ± std over the runs."""
     metrics = [c.removesuffix("_mean") for c in table.columns if c.endswith("_mean")]
-    shown = [m for m in metrics if m not in ("loss", "task_loss", "cca")]
+    shown = [m for m in metrics if is_reported(m)]
     header = ["variant", *shown, "runs", "differs from the reference settings in"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples(index=False):

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from rlrt.cache import run_cache
 from rlrt.cli import RLRTCLI
 from rlrt.io import atomic_write_json
+from rlrt.metrics import is_reported
 
 DEMO_EPOCHS = 40
 
@@ -33,7 +35,10 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     header = f"{'setting':<16}" + "".join(f"{m:>12}" for m in metrics)
     lines = [header, "-" * len(header)]
     for name, row in rows.items():
-        lines.append(f"{name:<16}" + "".join(f"{100 * row[m]:>12.2f}" for m in metrics))
+        cells = [
+            f"{100 * row[m]:.2f}" if math.isfinite(row.get(m, math.nan)) else "-" for m in metrics
+        ]
+        lines.append(f"{name:<16}" + "".join(f"{cell:>12}" for cell in cells))
     return "\n".join(lines)
 
 
@@ -75,7 +80,7 @@ def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
         rows[name] = {
             k.removeprefix("test/"): v
             for k, v in test.test_metrics.items()
-            if not k.endswith(("loss", "cca"))
+            if is_reported(k.removeprefix("test/"))
         }
         runs[name] = str(test.trainer.log_dir)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,4 +40,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Write `data` as JSON, atomically. JSON has no NaN or infinity: those floats (a metric
+    without a value, such as `cca_corr` on a split with fewer samples than dimensions) are null."""
+    text = json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

@@ -1,126 +1,295 @@
-"""The canonical-correlation loss `L_CCA` of deep CCA (Andrew et al., 2013)."""
+"""The canonical-correlation loss `L_CCA` and the maths behind it (docs/design.md, "L_CCA").
+
+Three layers, each usable alone:
+
+- `correlations_from_covariances`: canonical correlations of given (cross-)covariances;
+- `canonical_correlations` / `cca_loss`: the same on one set of samples (a batch);
+- `RunningCCALoss`: the training loss, whose covariances rest on a window of `window` samples
+  carried across steps (stochastic deep CCA), so that the number of samples behind them no longer
+  depends on the batch size.
+
+Everything is float64: the whitening is the fragile part.
+"""
 
 from __future__ import annotations
 
-import warnings
-
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+
+# A view whose average per-column variance is below this fraction of its mean square is constant
+# for CCA's purposes: its correlations are noise and their gradient scales as 1 / its spread.
+RELATIVE_VARIANCE_FLOOR = 1e-6
+# CCA needs many more samples than dimensions; below about ten per dimension independent noise
+# alone scores high (B = 32, d = 256: 30.996 of a maximum 31).
+SAMPLES_PER_DIMENSION = 10
 
 
 def _whitening_factor(covariance: Tensor) -> Tensor:
-    """Lower Cholesky factor `L` with `L L^T = covariance` `(d, d)`.
+    """Lower Cholesky factor `L` with `L L^T = covariance` `(..., d, d)`.
 
     `L^{-1}` whitens like `S^{-1/2}` up to a rotation, which leaves the canonical correlations (the
     singular values below) unchanged; unlike an eigendecomposition its gradient has no
-    `1 / (lambda_i - lambda_j)` terms, so repeated eigenvalues (a batch smaller than `d`, constant
-    columns) do not make it blow up.
+    `1 / (lambda_i - lambda_j)` terms, so repeated eigenvalues do not make it blow up.
     """
     factor, info = torch.linalg.cholesky_ex(covariance)
     if bool(info.any()):  # not positive definite in floating point: add jitter, once
         eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
-        scale = covariance.diagonal().abs().mean().clamp(min=1.0)
-        factor = torch.linalg.cholesky(covariance + 1e-6 * scale * eye)
+        scale = covariance.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp(min=1e-300)
+        factor = torch.linalg.cholesky(covariance + 1e-6 * scale[..., None, None] * eye)
     return factor
 
 
-def _unit_average_variance(centred: Tensor, n: int) -> Tensor:
-    """Scale a centred view `(B, d)` so its per-column variances average 1 (zero stays zero).
+def _ridge(covariance: Tensor, r: float) -> Tensor:
+    """`S + r * mean_variance(S) * I` `(..., d, d)`: a ridge relative to the view's own scale.
 
-    Canonical correlations do not depend on the scale; the ridge does. Fixing the scale makes `r`
-    mean the same for any feature magnitude, and keeps the whitening well conditioned (a ridge of
-    1e-3 against variances of 1e12 would leave rounding noise as large as the correlations).
+    Canonical correlations do not depend on the features' scale; a relative ridge keeps it so
+    (an absolute 1e-3 against variances of 1e12 would leave rounding noise as large as the
+    correlations) and keeps the whitening equally well conditioned at any magnitude.
     """
-    mean_variance = centred.pow(2).sum() / (max(n - 1, 1) * centred.shape[1])
-    # A floor before the square root: its gradient at 0 is infinite (constant views), and a view
-    # this flat is constant for CCA's purposes; scaling it up further would only amplify noise.
-    return centred / mean_variance.clamp(min=1e-12).sqrt()
+    d = covariance.shape[-1]
+    mean_variance = covariance.diagonal(dim1=-2, dim2=-1).sum(-1) / d  # (...)
+    eye = torch.eye(d, dtype=covariance.dtype, device=covariance.device)
+    return covariance + r * mean_variance[..., None, None] * eye
 
 
-def canonical_correlations(x: Tensor, y: Tensor, r: float = 1e-3) -> Tensor:
-    """The regularised canonical correlations of two views, largest first.
+def correlations_from_covariances(s_xx: Tensor, s_yy: Tensor, s_xy: Tensor, r: float) -> Tensor:
+    """The regularised canonical correlations, largest first.
 
-    With centred `X (B, d_x)`, `Y (B, d_y)`, each scaled to unit average column variance
-    (canonical correlations are scale-free; this makes the ridge relative to the features' scale):
-    `S_xx = X^T X / (B - 1) + r I`, `S_yy` likewise,
-    `S_xy = X^T Y / (B - 1)`; the correlations are the singular values of
-    `F = S_xx^{-1/2} S_xy S_yy^{-1/2}`. Computed in float64.
+    With `S_xx (..., d_x, d_x)`, `S_yy (..., d_y, d_y)`, `S_xy (..., d_x, d_y)` and relative ridges
+    (`_ridge`), the correlations are the singular values of `F = S_xx^{-1/2} S_xy S_yy^{-1/2}`,
+    computed as `L_x^{-1} S_xy L_y^{-T}` with Cholesky factors (two triangular solves). The scale
+    of the covariances does not matter (dividing them all by `N` or `N - 1` gives the same result).
 
     Returns:
-        `(min(d_x, d_y),)` float64.
+        `(..., min(d_x, d_y))`, each in `[0, 1]`; float64 if the inputs are.
     """
-    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"cca needs (B, d) inputs with one B, got {tuple(x.shape)}, {tuple(y.shape)}"
-        )
-    x = x.to(torch.float64)
-    y = y.to(torch.float64)
-    n = x.shape[0]
-    x = _unit_average_variance(x - x.mean(dim=0, keepdim=True), n)
-    y = _unit_average_variance(y - y.mean(dim=0, keepdim=True), n)
-    denom = max(n - 1, 1)
-    eye_x = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-    eye_y = torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
-    s_xx = x.T @ x / denom + r * eye_x
-    s_yy = y.T @ y / denom + r * eye_y
-    s_xy = x.T @ y / denom
-    l_x = _whitening_factor(s_xx)
-    l_y = _whitening_factor(s_yy)
-    # F = L_x^{-1} S_xy L_y^{-T}: two triangular solves instead of explicit inverses.
+    l_x = _whitening_factor(_ridge(s_xx, r))
+    l_y = _whitening_factor(_ridge(s_yy, r))
     left = torch.linalg.solve_triangular(l_x, s_xy, upper=False)  # L_x^{-1} S_xy
-    whitened = torch.linalg.solve_triangular(l_y, left.T, upper=False).T  # (d_x, d_y)
-    # svdvals' gradient is U V^T: finite even for repeated or zero singular values. Correlations
-    # lie in [0, 1]; with huge values against a tiny ridge the whitening is ill-conditioned and
-    # rounding can push one just past 1, so clamp.
+    whitened = torch.linalg.solve_triangular(l_y, left.mT, upper=False).mT  # (..., d_x, d_y)
+    # svdvals' gradient is U V^T: finite even for repeated or zero singular values. Rounding can
+    # push a correlation a hair past 1 when the whitening is ill-conditioned, so clamp.
     return torch.linalg.svdvals(whitened).clamp(max=1.0)
 
 
-def cca_loss(x: Tensor, y: Tensor, r: float = 1e-3, top_k: int | None = None) -> Tensor:
-    """`L_CCA = -trace((F^T F)^{1/2})`: minus the sum of the canonical correlations.
+def is_constant_view(covariance: Tensor, mean: Tensor) -> Tensor:
+    """`(..., d, d), (..., d) -> (...)` bool: the view's spread is below the relative floor.
+
+    The mean square of the raw values is `mean variance + mean^2` (per column, averaged).
+    """
+    variance = covariance.diagonal(dim1=-2, dim2=-1).mean(-1)
+    mean_square = variance + mean.pow(2).mean(-1)
+    return variance <= RELATIVE_VARIANCE_FLOOR * mean_square
+
+
+def _centred_covariances(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`(N, d_x), (N, d_y)` -> `S_xx, S_yy, S_xy` centred on the sample means, divided by `N`."""
+    n = x.shape[-2]
+    x = x - x.mean(dim=-2, keepdim=True)
+    y = y - y.mean(dim=-2, keepdim=True)
+    return x.mT @ x / n, y.mT @ y / n, x.mT @ y / n
+
+
+def _correlations_or_zero(
+    s_xx: Tensor, s_yy: Tensor, s_xy: Tensor, mean_x: Tensor, mean_y: Tensor, r: float
+) -> Tensor:
+    """Canonical correlations `(..., k)`, zero (and no gradient) where a view is constant."""
+    constant = is_constant_view(s_xx, mean_x) | is_constant_view(s_yy, mean_y)  # (...)
+    if not bool(constant.any()):
+        return correlations_from_covariances(s_xx, s_yy, s_xy, r)
+    k = min(s_xx.shape[-1], s_yy.shape[-1])
+    if bool(constant.all()):
+        return s_xy.new_zeros((*s_xy.shape[:-2], k)) + 0.0 * s_xy.sum()  # still in the graph
+    # Compute the others on an identity stand-in for the constant views, then mask them out: the
+    # stand-in's gradient is multiplied by zero and never reaches the real features.
+    eye = torch.eye(s_xx.shape[-1], dtype=s_xx.dtype, device=s_xx.device)
+    eye_y = torch.eye(s_yy.shape[-1], dtype=s_yy.dtype, device=s_yy.device)
+    keep = ~constant[..., None, None]
+    correlations = correlations_from_covariances(
+        torch.where(keep, s_xx, eye),
+        torch.where(keep, s_yy, eye_y),
+        torch.where(keep, s_xy, torch.zeros_like(s_xy)),
+        r,
+    )
+    return correlations * (~constant)[..., None]
+
+
+def canonical_correlations(x: Tensor, y: Tensor, r: float = 1e-3) -> Tensor:
+    """The regularised canonical correlations of two views given as samples, largest first.
 
     Args:
-        x: `(B, d)` one view (e.g. the image side `h_i`).
-        y: `(B, d)` the other view (`h_t`).
-        r: ridge added to both covariances; keeps them invertible for any batch.
-        top_k: sum only the `k` largest correlations (useful when `B <= d`, where the smallest
-            `d - B + 1` carry nothing and the others reach 1 trivially).
+        x: `(N, d_x)` (or `(..., N, d_x)` for a stack of independent problems).
+        y: `(N, d_y)`, the same `N`.
+        r: ridge, relative to each view's mean variance.
 
     Returns:
-        A float64 scalar in `[-min(d, B - 1), 0]`, finite for any finite input.
+        `(min(d_x, d_y),)` float64 (with the leading dimensions of a stack). All zero when a view
+        is constant (below the relative variance floor).
     """
-    correlations = canonical_correlations(x, y, r)
+    if x.ndim < 2 or x.ndim != y.ndim or x.shape[:-1] != y.shape[:-1]:
+        raise ValueError(
+            f"cca needs (N, d) inputs with one N, got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
+    x = x.to(torch.float64)
+    y = y.to(torch.float64)
+    s_xx, s_yy, s_xy = _centred_covariances(x, y)
+    return _correlations_or_zero(s_xx, s_yy, s_xy, x.mean(-2), y.mean(-2), r)
+
+
+def mean_correlation(correlations: Tensor, top_k: int | None = None) -> Tensor:
+    """`(..., k) -> (...)`: the mean of the `top_k` largest correlations (all when None)."""
     if top_k is not None:
-        correlations = correlations[:top_k]
-    return -correlations.sum()
+        correlations = correlations[..., :top_k]
+    return correlations.mean(dim=-1)
 
 
-class CCALoss(nn.Module):
-    """`L_CCA` averaged over layer pairs, with a one-time warning for training batches too small
-    for CCA.
+def cca_loss(x: Tensor, y: Tensor, r: float = 1e-3, top_k: int | None = None) -> Tensor:
+    """`L_CCA` on one set of samples: minus the mean (top-k mean) canonical correlation.
+
+    The mean, not deep CCA's sum `trace((F^T F)^{1/2})`: a sum over up to `d` correlations would
+    make the loss weight `beta` mean something different at every width.
 
     Args:
-        r: covariance ridge.
-        top_k: use only the `k` largest correlations; None uses all.
+        x, y: `(N, d)` the two views (e.g. `h_i`, `h_t`).
+        r: relative ridge. top_k: average only the `k` largest correlations.
+
+    Returns:
+        A float64 scalar in `[-1, 0]`, finite for any finite input.
+    """
+    return -mean_correlation(canonical_correlations(x, y, r), top_k)
+
+
+def minimum_samples(dim: int) -> int:
+    """The fewest samples behind the covariances for a `dim`-wide CCA to mean anything."""
+    return SAMPLES_PER_DIMENSION * dim
+
+
+class RunningCCALoss(nn.Module):
+    """`L_CCA` per layer pair on covariances carried across steps (stochastic deep CCA).
+
+    Each layer pair keeps exponentially weighted first and second moments of `h_i`, `h_t` in
+    float64. A batch of `B` samples enters with weight `w = max(B / window, B / seen)` (a plain
+    average until `window` samples have been seen, then a window of about `window` samples).
+
+    - value: the canonical correlations of the running covariances, this batch included;
+    - gradient: through this batch's own covariances, `dC/dS (at the running S) * dS_batch`, a
+      stochastic estimate of the gradient of the correlations over the whole window whose size does
+      not depend on `B` (the true derivative of the running value would be `w` times smaller).
+
+    Until `warmup_samples` samples have been seen the loss is zero (the statistics still fill).
+    Under DDP the detached batch moments are summed over the processes, so every process holds the
+    same running statistics; the gradient stays each process's own and DDP averages it.
+
+    Outside training (`eval()`) the running statistics are left alone and the loss is computed on
+    the batch alone.
+
+    Args:
+        num_layers: `L_s`. dim: `d_c`, the width of both views.
+        window: samples the covariances rest on.
+        r: relative ridge. top_k: average only the `k` largest correlations.
+        warmup_samples: samples to see before the loss starts; default `minimum_samples(dim)`,
+            capped at `window`.
     """
 
-    def __init__(self, *, r: float = 1e-3, top_k: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        dim: int,
+        window: int = 4096,
+        r: float = 1e-3,
+        top_k: int | None = None,
+        warmup_samples: int | None = None,
+    ) -> None:
         super().__init__()
+        if window < 1:
+            raise ValueError(f"the CCA window must be a positive number of samples, got {window}")
+        if top_k is not None and not 1 <= top_k <= dim:
+            raise ValueError(f"cca_top_k must be in [1, common_dim={dim}], got {top_k}")
+        self.window = window
         self.r = r
         self.top_k = top_k
-        self._warned = False
+        default_warmup = min(minimum_samples(dim), window)
+        self.warmup_samples = default_warmup if warmup_samples is None else warmup_samples
+        f64 = torch.float64
+        # Persistent buffers: they are part of the training state and resume exactly.
+        self.register_buffer("seen", torch.zeros((), dtype=f64))
+        self.register_buffer("mean_x", torch.zeros(num_layers, dim, dtype=f64))
+        self.register_buffer("mean_y", torch.zeros(num_layers, dim, dtype=f64))
+        self.register_buffer("second_xx", torch.zeros(num_layers, dim, dim, dtype=f64))
+        self.register_buffer("second_yy", torch.zeros(num_layers, dim, dim, dtype=f64))
+        self.register_buffer("second_xy", torch.zeros(num_layers, dim, dim, dtype=f64))
 
-    def forward(self, image: Tensor, text: Tensor) -> Tensor:
-        """image, text: `(L_s, B, d)` -> float64 scalar, the mean over the `L_s` layer pairs."""
-        batch, dim = image.shape[1], image.shape[2]
-        # Only while training: there the loss steers learning; in evaluation a short last batch
-        # just reports a number.
-        if self.training and batch <= dim and self.top_k is None and not self._warned:
-            warnings.warn(
-                f"L_CCA on a batch of {batch} <= common width {dim}: the sample covariances are "
-                "rank-deficient and most canonical correlations reach 1 trivially. Use a larger "
-                "batch (cheap from the feature cache), a smaller common_dim, or cca_top_k < batch.",
-                stacklevel=2,
-            )
-            self._warned = True
-        losses = [cca_loss(i, t, self.r, self.top_k) for i, t in zip(image, text)]
-        return torch.stack(losses).mean()
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        # `.float()` / `.half()` / precision plugins must not round the float64 statistics.
+        saved = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        super()._apply(fn, recurse)
+        for name, old in saved.items():
+            new = self._buffers[name]
+            if new.dtype != old.dtype:  # cast back from the unrounded original
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
+    def reset(self) -> None:
+        """Forget the running statistics."""
+        for buffer in (self.seen, self.mean_x, self.mean_y):
+            buffer.zero_()
+        for buffer in (self.second_xx, self.second_yy, self.second_xy):
+            buffer.zero_()
+
+    @torch.no_grad()
+    def _update(self, x: Tensor, y: Tensor) -> None:
+        """Fold the detached batch `(L, B, d)` (summed over DDP processes) into the moments."""
+        sums = [
+            torch.tensor(float(x.shape[1]), dtype=torch.float64, device=x.device),
+            x.sum(1),
+            y.sum(1),
+            x.mT @ x,
+            y.mT @ y,
+            x.mT @ y,
+        ]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flat = torch.cat([s.reshape(-1) for s in sums])
+            dist.all_reduce(flat)
+            sums = [part.view_as(s) for part, s in zip(flat.split([s.numel() for s in sums]), sums)]
+        count = sums[0]
+        if count.item() == 0:
+            return
+        weight = torch.maximum(count / self.window, count / (self.seen + count)).clamp(max=1.0)
+        for buffer, total in zip(
+            (self.mean_x, self.mean_y, self.second_xx, self.second_yy, self.second_xy), sums[1:]
+        ):
+            buffer.mul_(1 - weight).add_(weight * total / count)
+        self.seen += count
+
+    def running_covariances(self) -> tuple[Tensor, Tensor, Tensor]:
+        """`S_xx, S_yy, S_xy`, each `(L, d, d)`, from the running moments."""
+        mx, my = self.mean_x, self.mean_y
+        return (
+            self.second_xx - mx[..., :, None] * mx[..., None, :],
+            self.second_yy - my[..., :, None] * my[..., None, :],
+            self.second_xy - mx[..., :, None] * my[..., None, :],
+        )
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """x, y: `(L_s, B, d)` -> float64 scalar: minus the mean correlation, averaged over layers.
+
+        Call it on every training step, also with `B < 2` (then only the statistics are shared
+        with the other DDP processes): skipping a call on one process would stall the others.
+        """
+        x = x.to(torch.float64)
+        y = y.to(torch.float64)
+        if not self.training:
+            if x.shape[1] < 2:
+                return x.new_zeros(())
+            return -mean_correlation(canonical_correlations(x, y, self.r), self.top_k).mean()
+        self._update(x.detach(), y.detach())
+        if self.seen.item() < max(self.warmup_samples, 2) or x.shape[1] < 2:
+            return x.sum() * 0.0  # zero, in the graph
+        batch = _centred_covariances(x, y)
+        running = self.running_covariances()
+        # The running value, with the batch covariances' gradient.
+        s_xx, s_yy, s_xy = (r + (b - b.detach()) for r, b in zip(running, batch))
+        correlations = _correlations_or_zero(s_xx, s_yy, s_xy, self.mean_x, self.mean_y, self.r)
+        return -mean_correlation(correlations, self.top_k).mean()

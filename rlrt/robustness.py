@@ -3,7 +3,7 @@ r"""`rlrt robustness`: evaluate one checkpoint over a grid of missing-modality a
     rlrt robustness --ckpt_path RUN/checkpoints/last.ckpt --output results/robustness/rlrt \
         [--config ...] [--data.* / --model.* / --trainer.* overrides]
 
-The grid (DATASETS.md): missing rate 0-100% in steps of 10 for each type (`image`, `text`,
+The grid (docs/datasets.md): missing rate 0-100% in steps of 10 for each type (`image`, `text`,
 `both`), and noise level 0-10 for each modality, for each protocol seed. Without `--config` the
 checkpoint's own run config (`RUN/config.yaml`, saved by `rlrt fit`) is used.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,8 @@ import pandas as pd
 from lightning.pytorch.cli import instantiate_class
 from tqdm.auto import tqdm
 
+from rlrt.metrics import is_reported
 from rlrt.robustness_report import COLUMNS, write_report
-
-LOSS_KEYS = ("loss", "task_loss", "cca")
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,9 @@ def evaluate_grid(
         protocol = setting.protocol(strategy, fraction)
         for key, value in metrics.items():
             name = key.removeprefix("test/")
-            if name in LOSS_KEYS:
+            # Losses are not results; a metric without a value (`cca_corr` where no sample keeps
+            # both modalities) has no row.
+            if not is_reported(name) or not math.isfinite(value):
                 continue
             rows.append(
                 {

@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
 
 from rlrt.checkpoints import add_digest, check_same, verify_digest
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.feature_cache import check_fields
 from rlrt.features import Features
-from rlrt.losses import CCALoss
+from rlrt.losses import RunningCCALoss, minimum_samples
+from rlrt.metrics import HeldOutCorrelation, make_metrics
 from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
 
 ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")
@@ -33,6 +32,7 @@ ARCHITECTURE_HPARAMS = (
     "fusion_dim",
     "hidden_dim",
     "num_queries",
+    "fusion",
     "cross_attention",
     "bilinear",
     "use_robust",
@@ -41,16 +41,8 @@ ARCHITECTURE_HPARAMS = (
 )
 
 
-def make_metrics(task: str, num_classes: int) -> MetricCollection:
-    """F1-micro and F1-macro at a 0.5 threshold (multi-label), or accuracy (multi-class)."""
-    if task == "multilabel":
-        return MetricCollection(
-            {
-                "f1_micro": MultilabelF1Score(num_labels=num_classes, average="micro"),
-                "f1_macro": MultilabelF1Score(num_labels=num_classes, average="macro"),
-            }
-        )
-    return MetricCollection({"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")})
+# A checkpoint written before the `fusion` switch existed used the layer weighting.
+FUSION_BEFORE_THE_SWITCH = "layer_weights"
 
 
 class RLRT(LightningModule):
@@ -62,7 +54,11 @@ class RLRT(LightningModule):
     encoders' own embeddings into logits. Loss: `L_task + beta * L_CCA`.
 
     `L_CCA` is computed on the samples that have both modalities (a dummy input's vector says
-    nothing about the pair), and skipped when fewer than two such samples are in the batch.
+    nothing about the pair), with covariances carried across steps over `cca_window` samples
+    (`RunningCCALoss`), and only while training. Validation and test report the held-out
+    alignment instead: `cca_corr`, the mean (top-k mean) canonical correlation of `h_i`, `h_t`
+    over the whole split, per layer pair (`cca_corr_layer{l}`) and averaged; `{stage}/loss` there
+    is the task loss.
 
     Args:
         image_encoder, text_encoder: the frozen encoders (their weights are never checkpointed;
@@ -70,10 +66,17 @@ class RLRT(LightningModule):
         num_classes, task, class_names: from the data module (linked by the CLI).
         common_dim: `d_c`. num_heads: attention heads in MoLT. fbp_window: `s`.
         fusion_dim, hidden_dim, num_queries, dropout: the fusion head.
+        fusion: `attention` (learnable queries attend over the per-layer robust representations
+            and the two modality embeddings) or `layer_weights` (the linear layer weighting, an
+            ablation; checkpoints from before this switch are `layer_weights`).
         cross_attention, bilinear, use_robust, use_image_embedding, use_text_embedding: ablation
             switches (no cross-attention; concatenation instead of FBP; fusion inputs).
-        beta: weight of `L_CCA`; 0 turns it off. cca_reg: covariance ridge `r`.
-        cca_top_k: use only the top-k canonical correlations.
+        beta: weight of `L_CCA` (minus the mean canonical correlation, in `[-1, 0]`); 0 turns it
+            off. cca_reg: relative covariance ridge `r`.
+        cca_top_k: average only the top-k canonical correlations (loss and `cca_corr`).
+        cca_window: samples the loss's covariances rest on (carried across steps). A window
+            under `10 * common_dim` samples is refused unless `cca_allow_degenerate`: CCA on
+            fewer samples scores high on noise alone.
         missing_strategy: a missing modality gets the dummy input (`dummy`: all-ones image after
             normalisation, empty text) or zeroed features (`zero`). This is the default; a batch
             carrying `missing_strategy` (set by the `MissingModality` callback) overrides it.
@@ -103,6 +106,7 @@ class RLRT(LightningModule):
         fusion_dim: int = 256,
         hidden_dim: int = 512,
         num_queries: int = 4,
+        fusion: Literal["attention", "layer_weights"] = "attention",
         dropout: float = 0.1,
         cross_attention: bool = True,
         bilinear: bool = True,
@@ -112,6 +116,8 @@ class RLRT(LightningModule):
         beta: float = 0.1,
         cca_reg: float = 1e-3,
         cca_top_k: int | None = None,
+        cca_window: int = 4096,
+        cca_allow_degenerate: bool = False,
         missing_strategy: Literal["dummy", "zero"] = "dummy",
         modality_dropout: float = 0.0,
         lr: float = 1e-4,
@@ -132,6 +138,13 @@ class RLRT(LightningModule):
             )
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        if beta != 0 and cca_window < minimum_samples(common_dim) and not cca_allow_degenerate:
+            raise ValueError(
+                f"L_CCA would rest on cca_window={cca_window} samples for common_dim={common_dim}; "
+                f"canonical correlations need at least {minimum_samples(common_dim)} (10 per "
+                "dimension) to mean anything: raise model.cca_window or lower model.common_dim "
+                "(model.cca_allow_degenerate=true runs it anyway)"
+            )
         if not 0.0 <= modality_dropout <= 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1], got {modality_dropout}")
         self.image_encoder = image_encoder
@@ -166,12 +179,29 @@ class RLRT(LightningModule):
             fusion_dim=fusion_dim,
             hidden_dim=hidden_dim,
             num_queries=num_queries,
+            mode=fusion,
             use_robust=use_robust,
             use_image_embedding=use_image_embedding,
             use_text_embedding=use_text_embedding,
             dropout=dropout,
         )
-        self.cca = CCALoss(r=cca_reg, top_k=cca_top_k)
+        self.cca = None
+        self.val_alignment = self.test_alignment = None
+        if self.molt is not None:
+            if beta != 0:
+                self.cca = RunningCCALoss(
+                    num_layers=num_layers,
+                    dim=common_dim,
+                    window=cca_window,
+                    r=cca_reg,
+                    top_k=cca_top_k,
+                )
+            # Measured whether or not the loss is on: `no_cca` is compared on it.
+            alignment = HeldOutCorrelation(
+                num_layers=num_layers, dim=common_dim, r=cca_reg, top_k=cca_top_k
+            )
+            self.val_alignment = alignment.clone()
+            self.test_alignment = alignment.clone()
         metrics = make_metrics(task, num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -278,11 +308,10 @@ class RLRT(LightningModule):
     def correlation_loss(
         self, h_image: Tensor | None, h_text: Tensor | None, both: Tensor
     ) -> Tensor:
-        """`L_CCA` over the samples with both modalities present; 0 when fewer than two."""
-        if h_image is None or h_text is None:
+        """Training `L_CCA` over the samples with both modalities present (0 without MoLT or
+        with `beta = 0`). The running statistics see every step, even one with no such sample."""
+        if self.cca is None or h_image is None or h_text is None:
             return torch.zeros((), device=both.device)
-        if self.beta == 0 or int(both.sum()) < 2:
-            return h_image.new_zeros(())
         return self.cca(h_image[:, both], h_text[:, both]).to(h_image.dtype)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
@@ -293,10 +322,20 @@ class RLRT(LightningModule):
         label = batch["label"]
         both = self._both_present(batch, logits.shape[0], logits.device)
         task_loss = self.task_loss(logits, label)
-        cca = self.correlation_loss(h_image, h_text, both)
-        loss = task_loss + self.beta * cca
         batch_size = logits.shape[0]
         on_step = stage == "train"
+        if on_step:
+            cca = self.correlation_loss(h_image, h_text, both)
+            loss = task_loss + self.beta * cca
+            # Logged as the (positive) correlation it is: a loss can be negative, this cannot.
+            self.log(
+                "train/cca_corr_running", -cca, batch_size=batch_size, on_step=True, on_epoch=True
+            )
+        else:
+            loss = task_loss
+            alignment = self.val_alignment if stage == "val" else self.test_alignment
+            if alignment is not None and h_image is not None:
+                alignment.update(h_image[:, both], h_text[:, both])
         self.log(
             f"{stage}/loss",
             loss,
@@ -314,19 +353,28 @@ class RLRT(LightningModule):
             on_epoch=True,
             sync_dist=not on_step,
         )
-        self.log(
-            f"{stage}/cca",
-            cca,
-            batch_size=batch_size,
-            on_step=on_step,
-            on_epoch=True,
-            sync_dist=not on_step,
-        )
         metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
         if metrics is not None:
             metrics.update(self.scores(logits), label.long())
             self.log_dict(metrics, batch_size=batch_size, prog_bar=stage == "val")
         return loss
+
+    def _log_alignment(self, stage: str) -> None:
+        """Log `{stage}/cca_corr` (mean over layer pairs) and `{stage}/cca_corr_layer{l}`."""
+        alignment = self.val_alignment if stage == "val" else self.test_alignment
+        if alignment is None:
+            return
+        per_layer = alignment.compute().float()  # (L_s,), synchronised across processes
+        alignment.reset()
+        self.log(f"{stage}/cca_corr", per_layer.mean(), sync_dist=False)
+        for layer, value in enumerate(per_layer):
+            self.log(f"{stage}/cca_corr_layer{layer}", value, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_alignment("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_alignment("test")
 
     @staticmethod
     def _both_present(batch: dict[str, Any], batch_size: int, device: torch.device) -> Tensor:
@@ -428,8 +476,12 @@ class RLRT(LightningModule):
         """Refuse a corrupted checkpoint or one trained on other encoders or with another head;
         refill the frozen weights from ours."""
         verify_digest(checkpoint)
+        saved_hparams = {
+            "fusion": FUSION_BEFORE_THE_SWITCH,
+            **checkpoint.get("hyper_parameters", {}),
+        }
         check_same(
-            checkpoint.get("hyper_parameters", {}),
+            saved_hparams,
             {**self.hparams, "num_classes": self.num_classes, "task": self.task},
             ARCHITECTURE_HPARAMS,
             "",
@@ -451,5 +503,7 @@ class RLRT(LightningModule):
                         )
         state = checkpoint["state_dict"]
         for key, value in self.state_dict().items():
-            if key.startswith(ENCODER_PREFIXES):
+            # The frozen weights are ours; a checkpoint from before the running L_CCA statistics
+            # existed starts them empty.
+            if key.startswith(ENCODER_PREFIXES) or key.startswith("cca."):
                 state.setdefault(key, value)

@@ -18,9 +18,9 @@ MODEL_CONFIGS = [REPO / "configs" / "model" / "demo.yaml", REPO / "configs" / "m
 @pytest.mark.parametrize(
     "switches",
     [
-        {"use_robust": False, "beta": 0.0},
-        {"use_robust": False, "beta": 0.0, "use_text_embedding": False},
-        {"use_robust": False, "beta": 0.0, "use_image_embedding": False},
+        {"use_robust": False, "beta": 0.0, "fusion": "layer_weights"},
+        {"use_robust": False, "beta": 0.0, "use_text_embedding": False, "fusion": "layer_weights"},
+        {"use_robust": False, "beta": 0.0, "use_image_embedding": False, "fusion": "layer_weights"},
     ],
     ids=["late_fusion", "image_only", "text_only"],
 )
@@ -54,14 +54,14 @@ def test_baseline_skips_only_what_its_switches_say(image_encoder, text_encoder):
     assert model.molt is not None and model.fusion.aggregate is None
     # with the robust input and no L_CCA (the no-CCA ablation) everything but the loss runs
     model = make_model(image_encoder, text_encoder, beta=0.0)
-    assert model.molt is not None and model.fusion.aggregate is not None
+    assert model.molt is not None and model.fusion.layer_embedding is not None
 
 
 def test_late_fusion_fits_and_its_loss_has_no_cca(image_encoder, text_encoder, tmp_path):
     model = make_model(image_encoder, text_encoder, use_robust=False, beta=0.0)
     before = {k: v.clone() for k, v in model.fusion.state_dict().items()}
     trainer = fit_steps(model, tmp_path=tmp_path)
-    assert float(trainer.callback_metrics["train/cca_epoch"]) == 0.0
+    assert float(trainer.callback_metrics["train/cca_corr_running_epoch"]) == 0.0
     after = model.fusion.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in before.items())
 

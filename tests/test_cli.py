@@ -46,15 +46,19 @@ def test_fit_then_test_through_the_cli(in_tmp, tiny_vit_config, tiny_llama_dir):
     checkpoint = Path(fit.trainer.checkpoint_callback.best_model_path)
     assert checkpoint.is_file() and (checkpoint.parent.parent / "config.yaml").is_file()
     logged = (checkpoint.parent.parent / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/loss_epoch", "train/task_loss_epoch", "train/cca_epoch", "val/f1_macro"} <= set(
-        logged
-    )
+    assert {
+        "train/loss_epoch",
+        "train/task_loss_epoch",
+        "train/cca_corr_running_epoch",
+        "val/f1_macro",
+        "val/cca_corr",
+    } <= set(logged)
 
     test = RLRTCLI(args=["test", *args, "--ckpt_path", str(checkpoint)])
     run_dir = Path(test.trainer.log_dir)
     assert run_dir != checkpoint.parent.parent  # a new run directory, nothing overwritten
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) >= {"test/f1_micro", "test/f1_macro", "test/loss", "test/cca"}
+    assert set(metrics) >= {"test/f1_micro", "test/f1_macro", "test/loss", "test/cca_corr"}
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("test/f1_micro", "test/f1_macro"))
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["model"]["common_dim"] == 8
@@ -67,7 +71,11 @@ def test_demo_command_writes_the_three_rows(in_tmp, tiny_vit_config, tiny_llama_
     rows = json.loads((in_tmp / "out" / "metrics.json").read_text())
     assert set(rows) == {"complete", "missing_image", "missing_text"}
     for row in rows.values():
-        assert set(row) == {"f1_micro", "f1_macro"}
+        assert set(row) == {"f1_micro", "f1_macro", "cca_corr"}
+    # no test sample keeps both modalities when one is missing everywhere: no correlation, null
+    assert rows["missing_image"]["cca_corr"] is None and rows["missing_text"]["cca_corr"] is None
+    complete = rows["complete"]["cca_corr"]
+    assert complete is None or 0 < complete <= 1
     printed = capsys.readouterr().out
     assert "missing_image" in printed and "f1_macro" in printed
 

@@ -123,7 +123,8 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 def final_val(run_dir: Path) -> dict[str, float]:
     rows = [r for r in metric_rows(run_dir) if r.get("val/f1_macro")]
-    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+    # NaN (cca_corr on fewer samples than dimensions) compares equal to itself here
+    return {k: repr(float(v)) for k, v in rows[-1].items() if k.startswith("val/") and v}
 
 
 def load(path: Path) -> dict:

@@ -39,7 +39,10 @@ def test_evaluate_grid_records_each_setting_and_its_protocol():
     def evaluate(setting):
         seen.append(setting)
         source = "online" if setting.perturbation == "noise" else "cache"
-        return {"test/f1_macro": 1.0 - setting.amount / 10, "test/loss": 9.0}, source
+        metrics = {"test/f1_macro": 1.0 - setting.amount / 10, "test/loss": 9.0}
+        metrics["test/cca_corr"] = float("nan") if setting.amount == 5 else 0.5
+        metrics["test/cca_corr_layer0"] = 0.5
+        return metrics, source
 
     grid = build_grid(
         rates=[0.0, 0.5], types=["image", "text"], levels=[0, 5], modalities=["image"], seeds=[0, 1]
@@ -49,8 +52,11 @@ def test_evaluate_grid_records_each_setting_and_its_protocol():
     )
     assert seen == grid
     assert list(frame.columns) == COLUMNS
-    assert set(frame["metric"]) == {"f1_macro"}  # losses are not results
-    assert len(frame) == len(grid)
+    # losses and per-layer correlations are not results; a NaN has no row
+    assert set(frame["metric"]) == {"f1_macro", "cca_corr"}
+    assert (frame["metric"] == "f1_macro").sum() == len(grid)
+    cca = frame[frame["metric"] == "cca_corr"]
+    assert len(cca) == sum(s.amount != 5 for s in grid) and set(cca["value"]) == {0.5}
     row = frame[(frame["missing_type"] == "text") & (frame["missing_rate"] == 0.5)].iloc[0]
     assert row["value"] == 0.95 and row["missing_strategy"] == "dummy" and row["noise_level"] == 0
     assert row["features"] == "cache" and row["noise_modality"] == ""
@@ -149,8 +155,10 @@ def test_robustness_end_to_end(tmp_path, monkeypatch, tiny_vit_config, tiny_llam
     )
     frame = pd.read_csv(out / "robustness.csv", keep_default_na=False)
     assert list(frame.columns) == COLUMNS
-    assert set(frame["metric"]) == {"f1_micro", "f1_macro"}
-    assert len(frame) == 2 * 2 * (3 * 3 + 2 * 2)  # seeds x metrics x (missing + noise points)
+    scores = frame[frame["metric"] != "cca_corr"]
+    assert set(scores["metric"]) == {"f1_micro", "f1_macro"}
+    assert len(scores) == 2 * 2 * (3 * 3 + 2 * 2)  # seeds x metrics x (missing + noise points)
+    assert frame[frame["metric"] == "cca_corr"]["value"].between(0, 1).all()
     assert set(frame["model"]) == {"tiny"}
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "### f1_macro, missing modality" in (out / "robustness.md").read_text()

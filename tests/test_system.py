@@ -82,18 +82,55 @@ def test_training_leaves_encoders_bit_identical_and_moves_the_head(
 
 
 def test_loss_is_task_plus_beta_cca(image_encoder, text_encoder):
-    model = make_model(image_encoder, text_encoder, beta=0.5).eval()
+    model = make_model(image_encoder, text_encoder, beta=0.5, dropout=0.0).train()
+    model.cca.warmup_samples = 0  # the default waits for 10 x common_dim samples
     batch = make_batch()
     logits, h_i, h_t = model(model.encode(batch))
     expected_task = torch.nn.functional.cross_entropy(logits, batch["label"])
-    expected_cca = model.cca(h_i, h_t).float()
+    expected_cca = copy.deepcopy(model.cca)(h_i, h_t).float()  # the same running state
     logged = {}
     model.log = lambda name, value, **kw: logged.__setitem__(name, value)
     model.log_dict = lambda *a, **kw: None
     loss = model._shared_step(batch, "train")
     torch.testing.assert_close(loss, expected_task + 0.5 * expected_cca)
-    torch.testing.assert_close(logged["train/cca"], expected_cca)
+    torch.testing.assert_close(logged["train/cca_corr_running"], -expected_cca)
     assert expected_cca.item() < 0
+    assert model.cca.seen.item() == 6  # the step updated the running statistics
+    # evaluation: the loss is the task loss, the running statistics stay as they were
+    model.eval()
+    torch.testing.assert_close(model._shared_step(batch, "val"), expected_task)
+    assert model.cca.seen.item() == 6 and "val/cca" not in logged
+
+
+def test_a_degenerate_cca_configuration_is_refused_unless_allowed(image_encoder, text_encoder):
+    with pytest.raises(ValueError, match=r"cca_window=100 .* at least 640 .*model.cca_window"):
+        make_model(image_encoder, text_encoder, common_dim=64, cca_window=100)
+    for ok in ({"cca_allow_degenerate": True}, {"beta": 0.0}):
+        make_model(image_encoder, text_encoder, common_dim=64, cca_window=100, **ok)
+    make_model(image_encoder, text_encoder, common_dim=64, cca_window=640)
+
+
+def test_validation_logs_the_held_out_correlation_of_the_whole_split(
+    image_encoder, text_encoder, tmp_path
+):
+    from rlrt.metrics import HeldOutCorrelation
+
+    for beta in (0.1, 0.0):  # measured with and without the loss (`no_cca` is compared on it)
+        model = make_model(image_encoder, text_encoder, beta=beta).eval()
+        batches = [make_batch(seed=i) for i in range(4)]
+        reference = HeldOutCorrelation(num_layers=len(model.molt), dim=8)
+        with torch.no_grad():
+            for batch in batches:
+                _, h_i, h_t = model(model.encode(batch))
+                reference.update(h_i, h_t)
+        loader = DataLoader(batches, batch_size=1, collate_fn=collate_one)
+        trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        (metrics,) = trainer.validate(model, loader, verbose=False)
+        per_layer = reference.compute()
+        assert metrics["val/cca_corr"] == pytest.approx(per_layer.mean().item(), rel=1e-5)
+        for layer, value in enumerate(per_layer.tolist()):
+            assert metrics[f"val/cca_corr_layer{layer}"] == pytest.approx(value, rel=1e-5)
+        assert 0 < metrics["val/cca_corr"] <= 1
 
 
 def test_missing_flags_substitute_dummy_inputs(image_encoder, text_encoder):
@@ -119,15 +156,17 @@ def test_missing_flags_substitute_dummy_inputs(image_encoder, text_encoder):
 
 
 def test_cca_uses_only_samples_with_both_modalities(image_encoder, text_encoder):
-    model = make_model(image_encoder, text_encoder).eval()
+    model = make_model(image_encoder, text_encoder).train()
+    model.cca.warmup_samples = 0
     batch = make_batch()
     _, h_i, h_t = model(model.encode(batch))
     both = torch.tensor([True, True, False, True, True, False])
-    torch.testing.assert_close(
-        model.correlation_loss(h_i, h_t, both), model.cca(h_i[:, both], h_t[:, both]).float()
-    )
+    expected = copy.deepcopy(model.cca)(h_i[:, both], h_t[:, both]).float()
+    torch.testing.assert_close(model.correlation_loss(h_i, h_t, both), expected)
+    assert model.cca.seen.item() == 4
+    fresh = make_model(image_encoder, text_encoder).train()
     one = torch.tensor([True] + [False] * 5)
-    assert model.correlation_loss(h_i, h_t, one).item() == 0.0
+    assert fresh.correlation_loss(h_i, h_t, one).item() == 0.0
 
 
 def test_checkpoint_holds_head_and_identity_not_encoder_weights(
@@ -150,6 +189,35 @@ def test_checkpoint_holds_head_and_identity_not_encoder_weights(
     model.eval()
     batch = make_batch()
     torch.testing.assert_close(restored(restored.encode(batch))[0], model(model.encode(batch))[0])
+
+
+def test_checkpoint_from_before_the_fusion_switch_loads_as_layer_weights(
+    image_encoder, text_encoder, tmp_path
+):
+    """A checkpoint written before `fusion` and the running L_CCA statistics existed: no `fusion`
+    hyperparameter, no `cca.*` buffers. It is the layer-weights head and loads as one."""
+    model = make_model(image_encoder, text_encoder, fusion="layer_weights")
+    trainer = fit_steps(model, steps=1, tmp_path=tmp_path)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    old = torch.load(path, weights_only=True)
+    del old["hyper_parameters"]["fusion"]
+    old["state_dict"] = {k: v for k, v in old["state_dict"].items() if not k.startswith("cca.")}
+    old.pop("rlrt_digest")
+    assert any(k.startswith("fusion.aggregate.") for k in old["state_dict"])
+
+    pristine = copy.deepcopy(old)
+    restored = make_model(image_encoder, text_encoder, fusion="layer_weights")
+    restored.on_load_checkpoint(old)
+    restored.load_state_dict(old["state_dict"])
+    model.eval(), restored.eval()
+    batch = make_batch()
+    torch.testing.assert_close(restored(restored.encode(batch))[0], model(model.encode(batch))[0])
+    assert restored.cca.seen.item() == 0  # the running statistics start afresh
+
+    attention = make_model(image_encoder, text_encoder)
+    with pytest.raises(ValueError, match="fusion='layer_weights' but the config gives 'attention'"):
+        attention.on_load_checkpoint(pristine)
 
 
 def test_checkpoint_from_other_encoder_layers_is_refused(
