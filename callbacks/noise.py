@@ -10,7 +10,7 @@ from callbacks.perturb import apply_noise, check_noise_level
 
 
 class ModalityNoise(Callback):
-    """Noise a seeded half of the evaluation samples before each forward pass (DATASETS.md).
+    """Noise a seeded half of the evaluation samples before each forward pass (docs/datasets.md).
 
     Image: Gaussian noise of standard deviation `10 * image_level` on the 0-255 pixel scale,
     clamped. Text: each word replaced by `_` with probability `0.1 * text_level`. Levels run from

@@ -19,7 +19,7 @@ are; everything else lives here, once:
   `"error"` raises `BadSampleError` with one line at the first bad sample.
 - **Empty text is not bad**: a sample whose text is present but empty is kept with text "".
 
-Batch dict (DESIGN.md section 2), `B` samples, `S = image_size`, `C = num_classes`:
+Batch dict (docs/design.md, section 2), `B` samples, `S = image_size`, `C = num_classes`:
     image          uint8 `(B, 3, S, S)`, RGB, shorter side resized to S (bicubic), centre crop
     text           list[str] of length B ("" when a sample has no text)
     label          float32 `(B, C)` multi-hot (multilabel) or int64 `(B,)` (multiclass)
@@ -252,7 +252,7 @@ class ImageTextDataModule(L.LightningDataModule):
     """Base DataModule for image-text classification; subclasses implement `read_split`.
 
     Args:
-        root: dataset folder, as distributed (see DATASETS.md). Nothing is downloaded.
+        root: dataset folder, as distributed (see docs/datasets.md). Nothing is downloaded.
         image_size: side `S` of the square uint8 images (the image encoder's input size).
         batch_size: training batch size.
         eval_batch_size: val/test/predict batch size (default: `batch_size`).
@@ -270,7 +270,7 @@ class ImageTextDataModule(L.LightningDataModule):
     dataset_name: ClassVar[str] = "dataset"
     accepted_layouts: ClassVar[str] = ""
     source: ClassVar[str] = ""
-    # Entries per split in the complete, official files (DATASETS.md); `rlrt inspect-data` warns
+    # Entries per split in the complete official files (docs/datasets.md); `rlrt inspect-data` warns
     # when `source_count(split)` differs (a partial copy is the usual cause).
     standard_sizes: ClassVar[dict[str, int]] = {}
 
