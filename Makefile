@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: help install demo test test-all lint format clean bench bench-data robustness robustness-evidence ablations reproduce-table1
+.PHONY: help install demo test test-all lint format clean bench bench-data robustness robustness-evidence cca-evidence ablations reproduce-table1
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ robustness: install ## missing-modality and noise grid of CKPT=<checkpoint> -> r
 robustness-evidence: install ## RLRT vs late fusion vs modality dropout on the demo data, 3 training seeds x 2 protocol seeds (~15 min) -> docs/robustness/
 	$(OFFLINE) $(BIN)/rlrt compare --config configs/trainer/demo.yaml --config configs/data/demo.yaml --config configs/model/demo.yaml --trainer.max_epochs=40 --variants=full,late_fusion,modality_dropout --train_seeds=0,1,2 --seeds=0,1 --output=docs/robustness --workdir=results/evidence
 
+cca-evidence: install ## L_CCA's weight beta (0 = no_cca) x 3 training seeds on the demo data: held-out cca_corr and F1 (~10 min) -> docs/cca/beta.{md,csv}
+	$(OFFLINE) $(BIN)/rlrt ablations --sweep configs/sweeps/cca.yaml --output docs/cca/beta
+
 ablations: install ## the grid of configs/sweeps/ablations.yaml run here, no W&B server (ABLATION_ARGS= for quick settings) -> results/ablations.md
 	$(OFFLINE) $(BIN)/rlrt ablations $(ABLATION_ARGS)
 
@@ -47,4 +50,4 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 clean: ## remove generated demo data and results (keeps .venv)
-	rm -rf data/demo_mmimdb results/demo results/evidence runs
+	rm -rf data/demo_mmimdb results/demo results/evidence results/cca runs

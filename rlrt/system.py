@@ -113,7 +113,7 @@ class RLRT(LightningModule):
         use_robust: bool = True,
         use_image_embedding: bool = True,
         use_text_embedding: bool = True,
-        beta: float = 0.1,
+        beta: float = 0.03,
         cca_reg: float = 1e-3,
         cca_top_k: int | None = None,
         cca_window: int = 4096,
