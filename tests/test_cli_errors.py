@@ -101,6 +101,12 @@ def test_wrong_type(in_tmp, args, capsys):
     assert '"model.common_dim"' in message and "int" in message and "eight" in message
 
 
+def test_a_cca_window_too_small_for_the_common_width(in_tmp, args, capsys):
+    message = fails_in_one_line(["fit", *args, "--model.cca_window=40"], capsys)
+    assert message.startswith("L_CCA would rest on cca_window=40 samples for common_dim=8")
+    assert "model.cca_window" in message and "model.cca_allow_degenerate=true" in message
+
+
 def test_num_classes_in_the_config_disagreeing_with_the_data(in_tmp, args, capsys):
     extra = in_tmp / "classes.yaml"
     extra.write_text("model:\n  num_classes: 5\n")
