@@ -167,3 +167,60 @@ def test_ddp_fit_killed_mid_epoch_resumes_exactly(tmp_path, tiny_vit_config, tin
     assert resumed["global_step"] == uninterrupted["global_step"]
     for key, value in uninterrupted["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def _running_cca_rank(rank: int, port: int, folder: str) -> None:
+    """One process of `test_running_cca_statistics_are_shared_by_the_processes`."""
+    import torch.distributed as dist
+
+    from rlrt.losses import RunningCCALoss
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        loss = RunningCCALoss(num_layers=1, dim=4, window=96, warmup_samples=0)
+        values = []
+        for step in range(6):
+            x, y = _running_cca_batch(step)  # (1, 32, 4): rank r sees rows [16 r, 16 r + 16)
+            half = slice(16 * rank, 16 * rank + 16)
+            if rank == 1 and step == 2:
+                half = slice(0, 0)  # a step where this process has no sample with both inputs
+            values.append(loss(x[:, half], y[:, half]).item())
+        torch.save({"state": loss.state_dict(), "values": values}, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _running_cca_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(step)
+    shared = torch.randn(1, 32, 4, generator=generator, dtype=torch.float64)
+    noise = torch.randn(2, 1, 32, 4, generator=generator, dtype=torch.float64)
+    return shared + noise[0], shared + 0.5 * noise[1]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux")
+def test_running_cca_statistics_are_shared_by_the_processes(tmp_path):
+    """Under DDP every process folds every process's batch into its running covariances: both
+    hold the statistics one process would hold after seeing the whole global batches (also on a
+    step where one process has nothing to add), so the loss value is the same on both."""
+    import torch.multiprocessing as mp
+
+    from rlrt.losses import RunningCCALoss
+
+    mp.start_processes(
+        _running_cca_rank, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    single = RunningCCALoss(num_layers=1, dim=4, window=96, warmup_samples=0)
+    expected = []
+    for step in range(6):
+        x, y = _running_cca_batch(step)
+        rows = slice(0, 16) if step == 2 else slice(0, 32)
+        expected.append(single(x[:, rows], y[:, rows]).item())
+    for rank in ranks:
+        for key, value in single.state_dict().items():
+            torch.testing.assert_close(rank["state"][key], value)
+    np.testing.assert_allclose(ranks[0]["values"], expected, rtol=1e-10)
+    # the process without samples on step 2 has no gradient to give there: its loss is 0
+    assert ranks[1]["values"][2] == 0.0
+    others = [v for i, v in enumerate(ranks[1]["values"]) if i != 2]
+    np.testing.assert_allclose(others, [v for i, v in enumerate(expected) if i != 2], rtol=1e-10)
