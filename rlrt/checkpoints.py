@@ -7,18 +7,22 @@
   `verify_digest` recomputes it when it is read. Checkpoints without a digest are accepted.
 - **Compatibility**: `check_same` names the first field that differs between what a checkpoint
   was trained with and what the config builds.
-- **`--ckpt_path last`**: `find_last_checkpoint` picks the newest `last*.ckpt` of every run under
-  the logger's directory, so a resumed run (which gets a run directory of its own) finds the
-  checkpoint of the run it resumes. `RunCheckpoint` keeps `last.ckpt` the latest state.
+- **`--ckpt_path last`**: `find_intact_last_checkpoint` picks the newest `last*.ckpt` of every
+  run under the logger's directory that reads intact, so a resumed run (which gets a run directory
+  of its own) finds the checkpoint of the run it resumes, and a truncated one is skipped.
+  `RunCheckpoint` keeps `last.ckpt` the latest state and writes every checkpoint atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import torch
 from lightning import Trainer
@@ -137,12 +141,82 @@ def check_same(
             )
 
 
+def last_checkpoint_candidates(folders: Iterable[Path]) -> list[Path]:
+    """Every `last*.ckpt` directly in any of `folders`, the most recently written first."""
+    candidates = [p for folder in folders for p in Path(folder).glob("last*.ckpt") if p.is_file()]
+    return sorted(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)), reverse=True)
+
+
 def find_last_checkpoint(folders: Iterable[Path]) -> Path | None:
     """The most recently written `last*.ckpt` directly in any of `folders`, or None."""
-    candidates = [p for folder in folders for p in Path(folder).glob("last*.ckpt") if p.is_file()]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    candidates = last_checkpoint_candidates(folders)
+    return candidates[0] if candidates else None
+
+
+def find_intact_last_checkpoint(
+    folders: Iterable[Path],
+) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The most recently written `last*.ckpt` that reads intact (`read_checkpoint`), and the
+    newer ones skipped as `(path, why)`: a truncated file (a full disk, a killed copy) does not
+    block resuming from the checkpoint before it."""
+    skipped: list[tuple[Path, str]] = []
+    for candidate in last_checkpoint_candidates(folders):
+        try:
+            read_checkpoint(candidate)
+        except (CheckpointError, FileNotFoundError) as err:
+            skipped.append((candidate, _why_unusable(err)))
+            continue
+        return candidate, skipped
+    return None, skipped
+
+
+def _why_unusable(err: BaseException) -> str:
+    text = str(err)
+    for reason in ("truncated or corrupted", "corrupted", "pickled objects", "not a Lightning"):
+        if reason in text:
+            return reason
+    return "unreadable"
+
+
+def save_checkpoint_atomically(trainer: Trainer, filepath: str | Path, weights_only: bool) -> None:
+    """`trainer.save_checkpoint` into a temporary name beside `filepath`, renamed into place when
+    complete: `filepath` is either the earlier checkpoint or the new one, never a part of one.
+
+    A failed write (a full disk, ...) removes the temporary file and raises `OSError` with the
+    same `errno`, naming the folder and what to do.
+    """
+    filepath = Path(filepath)
+    temporary = filepath.with_name(f".{filepath.name}.tmp")
+    try:
+        trainer.save_checkpoint(temporary, weights_only)
+        if trainer.is_global_zero:
+            if temporary.is_dir() and filepath.is_dir():  # a sharded checkpoint: a folder
+                shutil.rmtree(filepath)
+            os.replace(temporary, filepath)
+        trainer.strategy.barrier("rlrt.save_checkpoint_atomically")
+    except BaseException as err:
+        if trainer.is_global_zero:
+            _remove(temporary)
+        if isinstance(err, OSError) and not isinstance(err, CheckpointWriteError):
+            raise CheckpointWriteError(
+                err.errno,
+                f"{err.strerror or err} while writing checkpoint {filepath.name}: nothing partial "
+                "was left, the earlier checkpoints are intact and `--ckpt_path last` resumes from "
+                "the newest",
+                str(filepath.parent),
+            ) from err
+        raise
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; `filename` is its folder."""
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -167,3 +241,13 @@ class RunCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        """Lightning's, writing atomically (`save_checkpoint_atomically`): a full disk leaves the
+        earlier `last.ckpt` as it was, not a truncated one."""
+        save_checkpoint_atomically(trainer, filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))

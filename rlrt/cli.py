@@ -18,10 +18,10 @@ from lightning import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from rlrt.checkpoints import find_last_checkpoint, read_checkpoint
+from rlrt.checkpoints import find_intact_last_checkpoint, read_checkpoint
 from rlrt.errors import command_name, run_reporting_errors, split_debug_flag
 from rlrt.io import atomic_write_json
-from rlrt.resume import ExactResume
+from rlrt.resume import ExactResume, SaveOnTerminate
 from rlrt.run_dir import (
     NoOverwriteSaveConfig,
     last_checkpoint_folders,
@@ -37,14 +37,18 @@ class RLRTCLI(LightningCLI):
     Reliability (see README, "Reliability"):
     - parse errors raise `ArgumentError` (`main` prints them as one line) instead of a usage dump;
     - every run writes into a new run directory and refuses to reuse one (`NoOverwriteSaveConfig`);
-    - `--ckpt_path last` is the newest `last*.ckpt` of any earlier run of the logger's directory
-      (a resumed run gets its own directory); checkpoints load with `weights_only=True` and are
-      checked (readable, digest, encoders, head) before anything runs;
+    - `--ckpt_path last` is the newest intact `last*.ckpt` of any earlier run of the logger's
+      directory (a resumed run gets its own directory; a truncated one is skipped, saying so);
+      a `fit` stopped by SIGTERM saves `last.ckpt` first and exits with 143; checkpoints load
+      with `weights_only=True` and are checked (readable, digest, encoders, head) before
+      anything runs;
     - the RNG states and the loader's position travel with checkpoints (`ExactResume`), so a
       resumed `fit` continues exactly as an uninterrupted one;
     - the config decides the model: Lightning's merging of a checkpoint's hyperparameters into
       the config is off, and a checkpoint that disagrees with the config is refused.
     """
+
+    _intact_checkpoint: str | None = None  # the `--ckpt_path last` found, read intact
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("model_class", RLRT)
@@ -55,7 +59,7 @@ class RLRTCLI(LightningCLI):
         defaults = dict(kwargs.get("trainer_defaults") or {})
         callbacks = defaults.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        defaults["callbacks"] = [*callbacks, ExactResume()]
+        defaults["callbacks"] = [*callbacks, ExactResume(), SaveOnTerminate()]
         kwargs["trainer_defaults"] = defaults
         super().__init__(*args, **kwargs)
 
@@ -117,16 +121,22 @@ class RLRTCLI(LightningCLI):
             config.weights_only = True
         if config.get("ckpt_path") == "last":
             config.ckpt_path = self._last_checkpoint()
-        if config.get("ckpt_path") not in (None, "best", "hpc"):
-            read_checkpoint(config.ckpt_path)
+        if config.get("ckpt_path") not in (None, "best", "hpc", self._intact_checkpoint):
+            read_checkpoint(config.ckpt_path)  # `last` was read when it was chosen
 
     def _last_checkpoint(self, folders: list[Path] | None = None) -> str | None:
         folders = last_checkpoint_folders(self.trainer) if folders is None else folders
-        found = find_last_checkpoint(folders)
+        found, skipped = find_intact_last_checkpoint(folders)
+        passed = "; ".join(f"{path} ({why})" for path, why in skipped)
         if found is not None:
-            rank_zero_info(f"--ckpt_path last: {found}")
+            self._intact_checkpoint = str(found)
+            rank_zero_info(
+                f"--ckpt_path last: {found}" + (f", skipping the newer {passed}" if skipped else "")
+            )
             return str(found)
         where = ", ".join(str(f) for f in folders[:3]) or "the logger's directory (none yet)"
+        if skipped:
+            where += f" that reads intact (skipped {passed})"
         if self.subcommand == "fit":
             rank_zero_info(f"--ckpt_path last: no last checkpoint in {where}; starting afresh")
             return None

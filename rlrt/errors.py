@@ -1,4 +1,5 @@
 """User errors end in one line on stderr and exit status 2; `--debug` shows the traceback.
+A run stopped by SIGTERM ends in one line too, with exit status 143.
 
 A user error is one the user can fix: a missing dataset root or model folder, an unknown config
 key or a wrong type, a checkpoint that is corrupted or belongs to another config, a run directory
@@ -14,10 +15,12 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 DEBUG_FLAG = "--debug"
 USAGE_ERROR = 2
 INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM: batch schedulers requeue a job that ends so
 
 # Lines of jsonargparse's union-type reports that repeat what the other lines say.
 _PARSE_NOISE = (
@@ -90,12 +93,31 @@ def run_reporting_errors(command: Callable[[list[str]], T], argv: list[str], nam
             raise
         print("rlrt: interrupted", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
+    except SIGTERMException as stop:  # a SystemExit with status 0: make it say and fail
+        print(terminated_message(stop), file=sys.stderr)
+        raise SystemExit(TERMINATED) from None
     except Exception as error:
         message = None if debug else user_error_message(error, name)
         if message is None:
             raise
         print(f"rlrt: error: {message}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+
+
+def terminated_message(stop: BaseException) -> str:
+    """The one line for a run stopped by SIGTERM: where its checkpoint is, if one was saved."""
+    checkpoint = getattr(stop, "rlrt_checkpoint", None)
+    failed = getattr(stop, "rlrt_checkpoint_error", None)
+    if failed:
+        return f"rlrt: terminated by SIGTERM; saving the checkpoint failed: {failed}"
+    if checkpoint:
+        step = getattr(stop, "rlrt_step", None)
+        at = f" at step {step}" if step is not None else ""
+        return (
+            f"rlrt: terminated by SIGTERM; saved checkpoint {checkpoint}{at}: resume with "
+            "`--ckpt_path last`"
+        )
+    return "rlrt: terminated by SIGTERM; no checkpoint was saved (not training, or not yet)"
 
 
 def command_name(argv: list[str], commands: Iterable[str]) -> str:

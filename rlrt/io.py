@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: str | Path, text: str | bytes) -> Path:
-    """Write `text` (or bytes) to a temporary file beside `path`, then rename it into place."""
+def atomic_write_text(path: str | Path, text: str | bytes, *, overwrite: bool = True) -> Path:
+    """Write `text` (or bytes) to a temporary file beside `path`, then rename it into place.
+
+    With `overwrite=False`, an existing `path` is left alone and `FileExistsError` raised (checked
+    when the file is put in place, so a file that appeared meanwhile is not replaced either).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -21,11 +25,28 @@ def atomic_write_text(path: str | Path, text: str | bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _place_new(tmp: str, path: Path) -> None:
+    """Rename `tmp` to `path` unless `path` exists (a hard link fails on an existing name)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists") from None
+    except OSError:  # no hard links on this file system: check, then rename
+        if path.exists():
+            raise FileExistsError(f"{path} already exists") from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
 
 
 def _umask() -> int:

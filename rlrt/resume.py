@@ -17,6 +17,10 @@ Under DDP every process has its own RNG states (each draws its own dropout masks
 rank 0 writes the checkpoint, so the states of all ranks are gathered into it, and each rank of a
 resumed run takes its own back. A checkpoint from another number of processes cannot be resumed
 exactly: every rank then takes rank 0's states, with a warning.
+
+`SaveOnTerminate` makes a `fit` stopped by SIGTERM (a batch scheduler preempting the job) resumable:
+Lightning stops the loops after the batch in progress; the callback writes `last.ckpt` at the step
+reached, mid-epoch, and `rlrt` exits with 143 (128 + SIGTERM), which schedulers read as "requeue".
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from rlrt.checkpoints import save_checkpoint_atomically
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -116,6 +124,54 @@ class ExactResume(Callback):
                 )
             restore_rng_state(self._pending["rng"])
         self._pending = None
+
+
+class SaveOnTerminate(Callback):
+    """Save a resumable `last.ckpt` when a `fit` is stopped by SIGTERM.
+
+    On one device, the checkpoint is written at the end of the batch during which the signal
+    came (the point where the step checkpoints are written, so `--ckpt_path last` resumes exactly
+    there); under DDP, where Lightning stops all ranks together before the next batch, and when
+    the signal came during validation, it is written when the loops stop. The path goes with the
+    `SIGTERMException` (`rlrt_checkpoint`) for the one line `rlrt` prints before exiting with 143.
+    Nothing is saved when checkpointing is off or before the first training step.
+    """
+
+    def __init__(self) -> None:
+        self.saved: str | None = None
+        self._saved_step: int | None = None
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.received_sigterm and trainer.world_size == 1:
+            self._save(trainer)
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
+            return
+        try:
+            if self._saved_step != trainer.global_step and not trainer.sanity_checking:
+                self._save(trainer)
+        except Exception as err:  # say so in the exit line rather than hide the termination
+            exception.rlrt_checkpoint_error = " ".join(str(err).split())  # type: ignore[attr-defined]
+        exception.rlrt_checkpoint = self.saved  # type: ignore[attr-defined]
+        exception.rlrt_step = self._saved_step  # type: ignore[attr-defined]
+
+    def _save(self, trainer: Trainer) -> None:
+        callback = trainer.checkpoint_callback
+        if not isinstance(callback, ModelCheckpoint) or trainer.global_step == 0:
+            return
+        if callback.save_last is True and not callback.save_weights_only:
+            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+            path = callback.last_model_path
+        else:  # no `last.ckpt` kept, a link to the best one, or weights only: a full one
+            path = callback.format_checkpoint_name({}, ModelCheckpoint.CHECKPOINT_NAME_LAST)
+            save_checkpoint_atomically(trainer, path, weights_only=False)
+            callback._last_global_step_saved = trainer.global_step
+        self.saved, self._saved_step = str(path), trainer.global_step
 
 
 def _world_size() -> int:

@@ -180,3 +180,60 @@ def test_pairs_without_a_checkpoint_say_what_to_give(tmp_path):
     module = PairsDataModule(path=str(tmp_path / "p.jsonl"))
     with pytest.raises(ValueError, match="--ckpt_path"):
         _ = module.class_names
+
+
+def test_predict_refuses_to_overwrite_unless_asked(
+    tmp_path, trained, tiny_vit_config, tiny_llama_dir, capsys
+):
+    _, folder, posters = trained
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": str(folder / "my_images" / posters[0]), "text": "x"}))
+    pairs_before = pairs.read_bytes()
+    output = tmp_path / "earlier.jsonl"
+    output.write_text("an earlier result\n")
+
+    def refused(out, *extra) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            predict(tmp_path, trained, tiny_vit_config, tiny_llama_dir, pairs, out, *extra)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert not any("Traceback" in line for line in err)
+        assert err[-1].startswith("rlrt: error: ")
+        return err[-1]
+
+    line = refused(output)
+    assert f"{output} already exists" in line and "overwrite true" in line
+    assert output.read_text() == "an earlier result\n"
+    # its own input file: refused, even with overwrite
+    for extra in ([], ["--trainer.callbacks.init_args.overwrite=true"]):
+        assert "is the input file" in refused(pairs, *extra)
+        assert pairs.read_bytes() == pairs_before
+    assert "must end in .jsonl, .json or .csv" in refused(tmp_path / "out.txt")
+    assert not (tmp_path / "out.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+    predict(
+        tmp_path,
+        trained,
+        tiny_vit_config,
+        tiny_llama_dir,
+        pairs,
+        output,
+        "--trainer.callbacks.init_args.overwrite=true",
+    )
+    assert json.loads(output.read_text())["id"] == "1"
+
+
+def test_predict_output_suffix_decides_the_format_in_any_case(
+    tmp_path, trained, tiny_vit_config, tiny_llama_dir
+):
+    _, folder, posters = trained
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": str(folder / "my_images" / posters[0]), "text": "x"}))
+    upper = tmp_path / "out.CSV"
+    predict(tmp_path, trained, tiny_vit_config, tiny_llama_dir, pairs, upper)
+    table = pd.read_csv(upper, keep_default_na=False)
+    assert table["id"].astype(str).tolist() == ["1"] and len(table.columns) == 5 + GENRES_AT
+    as_json = tmp_path / "out.Json"
+    predict(tmp_path, trained, tiny_vit_config, tiny_llama_dir, pairs, as_json)
+    assert json.loads(as_json.read_text())["id"] == "1"
