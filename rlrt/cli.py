@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from rlrt.checkpoints import find_intact_last_checkpoint, read_checkpoint
 from rlrt.errors import command_name, run_reporting_errors, split_debug_flag
 from rlrt.io import atomic_write_json
+from rlrt.losses import check_cca_window
 from rlrt.resume import ExactResume, SaveOnTerminate
 from rlrt.run_dir import (
     NoOverwriteSaveConfig,
@@ -90,6 +91,15 @@ class RLRTCLI(LightningCLI):
         classes from a checkpoint (an init arg `checkpoint` left unset) the `--ckpt_path`."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         _refuse_linked_model_values(config)
+        model = config.get("model")
+        if model is not None and model.get("common_dim") is not None:
+            # Before the encoders load (a 7B text model takes minutes): the model would refuse too.
+            check_cca_window(
+                common_dim=model.common_dim,
+                window=model.cca_window,
+                beta=model.beta,
+                allow=model.cca_allow_degenerate,
+            )
         pairs = config.get("layer_pairs")
         if pairs is not None:
             for side in ("image_encoder", "text_encoder"):

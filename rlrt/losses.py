@@ -165,6 +165,18 @@ def minimum_samples(dim: int) -> int:
     return SAMPLES_PER_DIMENSION * dim
 
 
+def check_cca_window(*, common_dim: int, window: int, beta: float, allow: bool) -> None:
+    """Refuse (`ValueError`, one line) an `L_CCA` whose covariances would rest on too few
+    samples to mean anything, unless `allow`; nothing to check when `beta` is 0."""
+    if beta != 0 and window < minimum_samples(common_dim) and not allow:
+        raise ValueError(
+            f"L_CCA would rest on cca_window={window} samples for common_dim={common_dim}; "
+            f"canonical correlations need at least {minimum_samples(common_dim)} (10 per "
+            "dimension) to mean anything: raise model.cca_window or lower model.common_dim "
+            "(model.cca_allow_degenerate=true runs it anyway)"
+        )
+
+
 class RunningCCALoss(nn.Module):
     """`L_CCA` per layer pair on covariances carried across steps (stochastic deep CCA).
 

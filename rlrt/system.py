@@ -15,7 +15,7 @@ from rlrt.checkpoints import add_digest, check_same, verify_digest
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.feature_cache import check_fields
 from rlrt.features import Features
-from rlrt.losses import RunningCCALoss, minimum_samples
+from rlrt.losses import RunningCCALoss, check_cca_window
 from rlrt.metrics import HeldOutCorrelation, make_metrics
 from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
 
@@ -138,13 +138,9 @@ class RLRT(LightningModule):
             )
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
-        if beta != 0 and cca_window < minimum_samples(common_dim) and not cca_allow_degenerate:
-            raise ValueError(
-                f"L_CCA would rest on cca_window={cca_window} samples for common_dim={common_dim}; "
-                f"canonical correlations need at least {minimum_samples(common_dim)} (10 per "
-                "dimension) to mean anything: raise model.cca_window or lower model.common_dim "
-                "(model.cca_allow_degenerate=true runs it anyway)"
-            )
+        check_cca_window(
+            common_dim=common_dim, window=cca_window, beta=beta, allow=cca_allow_degenerate
+        )
         if not 0.0 <= modality_dropout <= 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1], got {modality_dropout}")
         self.image_encoder = image_encoder

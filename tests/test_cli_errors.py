@@ -101,7 +101,11 @@ def test_wrong_type(in_tmp, args, capsys):
     assert '"model.common_dim"' in message and "int" in message and "eight" in message
 
 
-def test_a_cca_window_too_small_for_the_common_width(in_tmp, args, capsys):
+def test_a_cca_window_too_small_for_the_common_width(in_tmp, args, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the encoders were built before the refusal")
+
+    monkeypatch.setattr("rlrt.encoders.FrozenTextEncoder.__init__", never)
     message = fails_in_one_line(["fit", *args, "--model.cca_window=40"], capsys)
     assert message.startswith("L_CCA would rest on cca_window=40 samples for common_dim=8")
     assert "model.cca_window" in message and "model.cca_allow_degenerate=true" in message
