@@ -230,7 +230,19 @@ class RunCheckpoint(ModelCheckpoint):
       far (it reloads it only for an unchanged directory). Here it is kept, so "best" still means
       best over the whole training; the earlier run's files are never deleted (Lightning removes
       only files inside the current directory).
+    - `monitor: task_metric` (the shipped configs' choice) selects on the task's own metric,
+      whatever the dataset: `val/f1_macro` for a multi-label model, `val/acc` otherwise (with
+      `mode: max`). A loss that includes `beta * L_CCA` would select on the alignment as much as
+      on the task.
     """
+
+    TASK_METRIC = "task_metric"
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if self.monitor == self.TASK_METRIC:
+            task = getattr(pl_module, "task", None)
+            self.monitor = "val/f1_macro" if task == "multilabel" else "val/acc"
+        super().setup(trainer, pl_module, stage)
 
     def _save_topk_checkpoint(
         self, trainer: Trainer, monitor_candidates: dict[str, Tensor]

@@ -145,19 +145,20 @@ def mean_correlation(correlations: Tensor, top_k: int | None = None) -> Tensor:
 
 
 def cca_loss(x: Tensor, y: Tensor, r: float = 1e-3, top_k: int | None = None) -> Tensor:
-    """`L_CCA` on one set of samples: minus the mean (top-k mean) canonical correlation.
+    """`L_CCA` on one set of samples: one minus the mean (top-k mean) canonical correlation.
 
     The mean, not deep CCA's sum `trace((F^T F)^{1/2})`: a sum over up to `d` correlations would
-    make the loss weight `beta` mean something different at every width.
+    make the loss weight `beta` mean something different at every width. `1 - mean` rather than
+    `-mean` has the same gradient and keeps every loss the project reports non-negative.
 
     Args:
         x, y: `(N, d)` the two views (e.g. `h_i`, `h_t`).
         r: relative ridge. top_k: average only the `k` largest correlations.
 
     Returns:
-        A float64 scalar in `[-1, 0]`, finite for any finite input.
+        A float64 scalar in `[0, 1]`, finite for any finite input (1 when a view is constant).
     """
-    return -mean_correlation(canonical_correlations(x, y, r), top_k)
+    return 1.0 - mean_correlation(canonical_correlations(x, y, r), top_k)
 
 
 def minimum_samples(dim: int) -> int:
@@ -275,6 +276,11 @@ class RunningCCALoss(nn.Module):
             buffer.mul_(1 - weight).add_(weight * total / count)
         self.seen += count
 
+    @property
+    def active(self) -> bool:
+        """Whether the statistics rest on enough samples for the loss to count."""
+        return self.seen.item() >= max(self.warmup_samples, 2)
+
     def running_covariances(self) -> tuple[Tensor, Tensor, Tensor]:
         """`S_xx, S_yy, S_xy`, each `(L, d, d)`, from the running moments."""
         mx, my = self.mean_x, self.mean_y
@@ -285,7 +291,8 @@ class RunningCCALoss(nn.Module):
         )
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """x, y: `(L_s, B, d)` -> float64 scalar: minus the mean correlation, averaged over layers.
+        """x, y: `(L_s, B, d)` -> float64 scalar in `[0, 1]`: one minus the mean correlation,
+        averaged over layers; 0 (no gradient) while the statistics fill (`active` is False).
 
         Call it on every training step, also with `B < 2` (then only the statistics are shared
         with the other DDP processes): skipping a call on one process would stall the others.
@@ -295,13 +302,13 @@ class RunningCCALoss(nn.Module):
         if not self.training:
             if x.shape[1] < 2:
                 return x.new_zeros(())
-            return -mean_correlation(canonical_correlations(x, y, self.r), self.top_k).mean()
+            return 1.0 - mean_correlation(canonical_correlations(x, y, self.r), self.top_k).mean()
         self._update(x.detach(), y.detach())
-        if self.seen.item() < max(self.warmup_samples, 2) or x.shape[1] < 2:
+        if not self.active or x.shape[1] < 2:
             return x.sum() * 0.0  # zero, in the graph
         batch = _centred_covariances(x, y)
         running = self.running_covariances()
         # The running value, with the batch covariances' gradient.
         s_xx, s_yy, s_xy = (r + (b - b.detach()) for r, b in zip(running, batch))
         correlations = _correlations_or_zero(s_xx, s_yy, s_xy, self.mean_x, self.mean_y, self.r)
-        return -mean_correlation(correlations, self.top_k).mean()
+        return 1.0 - mean_correlation(correlations, self.top_k).mean()

@@ -358,7 +358,7 @@ def run_reproduce_table1(argv: list[str]) -> pd.DataFrame:
     configs = Path(args.configs)
     if args.smoke:
         roots, model_args = smoke_inputs(workdir, datasets)
-        trainer, model = "default.yaml", "demo.yaml"  # best checkpoint by val/loss: any task
+        trainer, model = "default.yaml", "demo.yaml"  # best by the task metric: any task
         backbone = "SMOKE: tiny random ViT + tiny LLaMA, fake data"
     else:
         roots, model_args = real_inputs(args, datasets)

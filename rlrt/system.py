@@ -71,8 +71,8 @@ class RLRT(LightningModule):
             ablation; checkpoints from before this switch are `layer_weights`).
         cross_attention, bilinear, use_robust, use_image_embedding, use_text_embedding: ablation
             switches (no cross-attention; concatenation instead of FBP; fusion inputs).
-        beta: weight of `L_CCA` (minus the mean canonical correlation, in `[-1, 0]`); 0 turns it
-            off. cca_reg: relative covariance ridge `r`.
+        beta: weight of `L_CCA` (one minus the mean canonical correlation, in `[0, 1]`); 0 turns
+            it off. cca_reg: relative covariance ridge `r`.
         cca_top_k: average only the top-k canonical correlations (loss and `cca_corr`).
         cca_window: samples the loss's covariances rest on (carried across steps). A window
             under `10 * common_dim` samples is refused unless `cca_allow_degenerate`: CCA on
@@ -323,10 +323,14 @@ class RLRT(LightningModule):
         if on_step:
             cca = self.correlation_loss(h_image, h_text, both)
             loss = task_loss + self.beta * cca
-            # Logged as the (positive) correlation it is: a loss can be negative, this cannot.
-            self.log(
-                "train/cca_corr_running", -cca, batch_size=batch_size, on_step=True, on_epoch=True
-            )
+            if self.cca is not None and self.cca.active:  # nothing to report while it fills
+                self.log(
+                    "train/cca_corr_running",
+                    1.0 - cca,
+                    batch_size=batch_size,
+                    on_step=True,
+                    on_epoch=True,
+                )
         else:
             loss = task_loss
             alignment = self.val_alignment if stage == "val" else self.test_alignment

@@ -61,7 +61,7 @@ def test_late_fusion_fits_and_its_loss_has_no_cca(image_encoder, text_encoder, t
     model = make_model(image_encoder, text_encoder, use_robust=False, beta=0.0)
     before = {k: v.clone() for k, v in model.fusion.state_dict().items()}
     trainer = fit_steps(model, tmp_path=tmp_path)
-    assert float(trainer.callback_metrics["train/cca_corr_running_epoch"]) == 0.0
+    assert not any("cca" in key for key in trainer.callback_metrics)
     after = model.fusion.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in before.items())
 

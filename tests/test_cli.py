@@ -49,7 +49,6 @@ def test_fit_then_test_through_the_cli(in_tmp, tiny_vit_config, tiny_llama_dir):
     assert {
         "train/loss_epoch",
         "train/task_loss_epoch",
-        "train/cca_corr_running_epoch",
         "val/f1_macro",
         "val/cca_corr",
     } <= set(logged)

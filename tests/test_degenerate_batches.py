@@ -57,8 +57,8 @@ def test_cca_loss_and_its_gradient_are_finite(views):
     loss = cca_loss(x, y)
     loss.backward()
     assert torch.isfinite(loss)
-    # minus a mean of correlations, each in [0, 1]
-    assert -1.0 - 1e-9 <= loss.item() <= 1e-9
+    # one minus a mean of correlations, each in [0, 1]
+    assert -1e-9 <= loss.item() <= 1.0 + 1e-9
     assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
 
 

@@ -74,7 +74,7 @@ def test_matches_numpy_with_regularisation_across_batch_sizes(n):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-7, atol=1e-9)
     loss = cca_loss(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
     assert loss.dtype == torch.float64
-    np.testing.assert_allclose(loss.item(), -expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss.item(), 1 - expected.mean(), rtol=1e-5)
 
 
 def test_approaches_textbook_cca_as_ridge_vanishes():
@@ -100,9 +100,9 @@ def test_top_k_keeps_the_largest_and_the_loss_is_a_mean():
     x, y = correlated_views()
     full = canonical_correlations(torch.tensor(x), torch.tensor(y))
     torch.testing.assert_close(
-        cca_loss(torch.tensor(x), torch.tensor(y), top_k=2), -full[:2].mean()
+        cca_loss(torch.tensor(x), torch.tensor(y), top_k=2), 1 - full[:2].mean()
     )
-    torch.testing.assert_close(cca_loss(torch.tensor(x), torch.tensor(y)), -full.mean())
+    torch.testing.assert_close(cca_loss(torch.tensor(x), torch.tensor(y)), 1 - full.mean())
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_finite_loss_and_gradients_on_degenerate_batches(make):
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
-    assert -1.0 - 1e-9 <= loss.item() <= 1e-9
+    assert -1e-9 <= loss.item() <= 1.0 + 1e-9
 
 
 def test_a_constant_view_contributes_nothing_rather_than_a_huge_gradient():
@@ -133,7 +133,7 @@ def test_a_constant_view_contributes_nothing_rather_than_a_huge_gradient():
     other = torch.randn(64, 8, requires_grad=True)
     loss = cca_loss(flat, other)
     loss.backward()
-    assert loss.item() == 0.0
+    assert loss.item() == 1.0  # no correlation at all
     assert flat.grad.abs().max() == 0 and other.grad.abs().max() == 0
     # one constant layer of two: the other layer's correlations are still there
     x, y = correlated_views(n=64, d=8)
@@ -176,7 +176,7 @@ def test_running_loss_pools_every_sample_until_the_window_fills():
         value = loss(a, b)
     assert loss.seen.item() == 480
     expected = numpy_weighted_correlations(x, y, np.ones(len(x)), r=1e-3)
-    np.testing.assert_allclose(-value.item(), expected.mean(), rtol=1e-9)
+    np.testing.assert_allclose(1 - value.item(), expected.mean(), rtol=1e-9)
 
 
 def test_running_loss_forgets_with_the_window_weights():
@@ -192,7 +192,7 @@ def test_running_loss_forgets_with_the_window_weights():
         w = min(max(size / window, size / (seen + size)), 1.0)
         weights = np.concatenate([weights * (1 - w), np.full(size, w / size)])
     expected = numpy_weighted_correlations(x, y, weights, r=1e-3)
-    np.testing.assert_allclose(-value.item(), expected.mean(), rtol=1e-9)
+    np.testing.assert_allclose(1 - value.item(), expected.mean(), rtol=1e-9)
 
 
 def test_running_loss_first_step_is_the_batch_loss_with_its_gradient():
@@ -225,7 +225,7 @@ def test_running_gradient_is_the_batch_covariances_gradient_at_the_running_value
         bc = b[0] - b[0].mean(0)
         s_b = (ac.T @ ac / 64, bc.T @ bc / 64, ac.T @ bc / 64)
         s = [r[0] + sb - sb.detach() for r, sb in zip(s_run, s_b)]
-        return -correlations_from_covariances(*s, 1e-3).mean()
+        return 1 - correlations_from_covariances(*s, 1e-3).mean()
 
     (expected,) = torch.autograd.grad(explicit(a), a)
     torch.testing.assert_close(got, expected)
@@ -264,8 +264,8 @@ def test_running_loss_waits_for_enough_samples_and_then_sees_structure():
         noise = RunningCCALoss(num_layers=2, dim=8, window=400)
     for _ in range(20):
         independent = noise(torch.randn(2, 32, 8), torch.randn(2, 32, 8))
-    assert -correlated.item() > 0.85
-    assert -independent.item() < 0.2  # 640 noise samples for 8 dimensions: little spurious
+    assert 1 - correlated.item() > 0.85
+    assert 1 - independent.item() < 0.2  # 640 noise samples for 8 dimensions: little spurious
 
 
 def test_running_statistics_stay_float64_and_resume_from_a_state_dict():

@@ -93,8 +93,8 @@ def test_loss_is_task_plus_beta_cca(image_encoder, text_encoder):
     model.log_dict = lambda *a, **kw: None
     loss = model._shared_step(batch, "train")
     torch.testing.assert_close(loss, expected_task + 0.5 * expected_cca)
-    torch.testing.assert_close(logged["train/cca_corr_running"], -expected_cca)
-    assert expected_cca.item() < 0
+    torch.testing.assert_close(logged["train/cca_corr_running"], 1 - expected_cca)
+    assert 0 < expected_cca.item() < 1
     assert model.cca.seen.item() == 6  # the step updated the running statistics
     # evaluation: the loss is the task loss, the running statistics stay as they were
     model.eval()
@@ -255,3 +255,40 @@ def test_an_empty_batch_is_skipped(image_encoder, text_encoder):
     batch = make_batch()
     empty = {k: v[:0] for k, v in batch.items()}
     assert model.training_step(empty, 0) is None
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_the_best_checkpoint_is_chosen_by_the_task_metric(
+    image_encoder, text_encoder, tmp_path, task
+):
+    """`monitor: task_metric` (the shipped trainer configs): F1-macro for multi-label models,
+    accuracy otherwise, never the loss (which carries beta * L_CCA)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from rlrt.checkpoints import RunCheckpoint
+
+    model = make_model(image_encoder, text_encoder, task=task, num_classes=4, lr=5e-2)
+    batches = []
+    for seed in range(3):
+        batch = make_batch(num_classes=4, seed=seed)
+        if task == "multilabel":
+            batch["label"] = torch.rand(6, 4, generator=torch.Generator().manual_seed(seed)) > 0.5
+        batches.append(batch)
+    loader = DataLoader(batches, batch_size=1, collate_fn=collate_one)
+    callback = RunCheckpoint(dirpath=tmp_path / "ckpt", monitor="task_metric", mode="max")
+    trainer = Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="log"),
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, loader, loader)
+    metric = "val/f1_macro" if task == "multilabel" else "val/acc"
+    assert callback.monitor == metric
+    import pandas as pd
+
+    logged = pd.read_csv(next((tmp_path / "log").rglob("metrics.csv")))[metric].dropna()
+    assert len(logged) == 4
+    assert callback.best_model_score.item() == pytest.approx(logged.max())
