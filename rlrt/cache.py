@@ -6,12 +6,16 @@ Same `--config` / `--data.*` / `--model.*` / `--trainer.*` arguments as `fit`; t
 writes its rows into the same memory-mapped files and the global-rank-0 process writes the
 manifests. A killed build resumes where it stopped: rows are flagged done only once flushed, and a
 rerun skips them without decoding or encoding them again.
+
+The global-rank-0 process holds an exclusive lock on the cache folder for the whole command: a
+second `rlrt cache` into the same folder refuses at once. A split found complete is opened (the
+cheap checks of `SplitCacheReader`); `--verify` checks every row of every split it names.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,10 +31,16 @@ from torch.utils.data import DataLoader, Dataset
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.feature_cache import (
     FORMAT_VERSION,
+    CacheCorruptError,
     CacheMismatchError,
     Shapes,
+    SplitCacheReader,
     SplitCacheWriter,
+    cache_write_lock,
     first_difference,
+    load_array,
+    read_json,
+    verify_split,
 )
 
 SPLITS = ("train", "val", "test")
@@ -114,7 +124,7 @@ class SkipDone(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self._done is None:  # opened lazily: once per DataLoader worker
-            self._done = np.load(self.done_file, mmap_mode="r")
+            self._done = load_array(self.done_file, mmap_mode="r")
         row = int(self.inner.rows[index])
         if self._done[row]:
             return {"row": row, "skip": True}
@@ -146,8 +156,9 @@ def wait_for(path: Path, expected: dict[str, Any], timeout: float = 3600.0) -> N
     """Non-zero ranks wait for rank 0 to finish allocating (shared filesystem)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.is_file() and json.loads(path.read_text()) == expected:
-            return
+        with contextlib.suppress(OSError, CacheCorruptError):  # not there, or being replaced
+            if path.is_file() and read_json(path) == expected:
+                return
         time.sleep(0.5)
     raise TimeoutError(f"rank {global_rank()}: gave up waiting for {path}")
 
@@ -174,28 +185,42 @@ def dummy_image(image_encoder: FrozenImageEncoder) -> torch.Tensor:
 
 
 def is_complete(folder: Path, build: dict[str, Any]) -> bool:
+    """Whether `folder` holds the complete split of `build` (by its manifest; a damaged manifest
+    raises `CacheCorruptError`)."""
     manifest = folder / "manifest.json"
-    return manifest.is_file() and json.loads(manifest.read_text()) == {**build, "complete": True}
+    return manifest.is_file() and read_json(manifest, dict) == {**build, "complete": True}
 
 
-def claim(folder: Path, build: dict[str, Any], overwrite: bool) -> bool:
+def claim(folder: Path, build: dict[str, Any], overwrite: bool, verify: bool = False) -> bool:
     """Whether `folder` still needs building for `build`; refuses to replace another config's
-    cache (complete or not) unless `overwrite`."""
+    cache (complete or not), or a damaged one, unless `overwrite`. A complete one is opened (the
+    cheap checks), or with `verify` checked row by row."""
     manifest, started = folder / "manifest.json", folder / "build.json"
-    if is_complete(folder, build):
-        return False
-    if manifest.is_file():
-        saved = json.loads(manifest.read_text())
-    elif not started.is_file() or json.loads(started.read_text()) == build:
-        return True  # nothing there, or our own unfinished build: resume it
-    else:
-        saved = json.loads(started.read_text())
-    field = first_difference(saved, {**build, "complete": True}) or "?"
-    if not overwrite:
-        raise CacheMismatchError(
-            f"{folder} holds a feature cache of another config ({field} differs); "
-            "pass --overwrite to replace it, or choose another folder"
-        )
+    try:
+        if is_complete(folder, build):
+            verify_split(folder) if verify else SplitCacheReader(folder)
+            return False
+        if manifest.is_file():
+            saved = read_json(manifest, dict)
+        elif not started.is_file():
+            return True  # nothing there
+        elif read_json(started, dict) == build:
+            SplitCacheWriter(folder).open().arrays.clear()  # its files still open: resume it
+            return True
+        else:
+            saved = read_json(started, dict)
+    except CacheCorruptError:
+        if not overwrite:
+            raise
+        saved = None
+    if saved is not None:
+        field = first_difference(saved, {**build, "complete": True}) or "?"
+        if not overwrite:
+            raise CacheMismatchError(
+                f"{folder} holds a feature cache of another config ({field} differs); "
+                "pass --overwrite to replace it, or choose another folder"
+            )
+    (folder / "manifest.json").unlink(missing_ok=True)  # first: never a manifest over a partial
     for path in folder.iterdir():
         path.unlink()
     return True
@@ -294,11 +319,19 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
     parser.add_argument("--cache_dir", default=None, help="overrides data.feature_cache")
     parser.add_argument("--batch_size", type=int, default=None, help="default: the data's")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace a cache built for another config"
+        "--overwrite",
+        action="store_true",
+        help="replace a cache built for another config, or a damaged one",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every row of every split named (and the dummy inputs): finite values, "
+        "index ranges, shapes; the first bad file and row ends the command",
     )
     args, rest = parser.parse_known_args(argv)
 
-    from rlrt.cli import RLRTCLI, parse_only
+    from rlrt.cli import parse_only
 
     configured = parse_only(rest).data.init_args.get("feature_cache")
     cache_dir = args.cache_dir or configured
@@ -307,6 +340,16 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
             "rlrt cache needs a destination: --data.init_args.feature_cache DIR (or --cache_dir)"
         )
     cache_dir = Path(cache_dir)
+    # one writer per folder: a second `rlrt cache` refuses before loading anything (the other
+    # ranks of a distributed run are this command's own processes, they take no lock)
+    lock = cache_write_lock(cache_dir) if global_rank() == 0 else contextlib.nullcontext()
+    with lock:
+        return _build_cache(args, rest, cache_dir)
+
+
+def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> CacheBuildReport:
+    from rlrt.cli import RLRTCLI
+
     cli = RLRTCLI(
         args=[*rest, "--data.init_args.feature_cache=null", "--trainer.logger=false"],
         run=False,
@@ -322,12 +365,15 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
         "dtype": "float16",
         "encoders": model.encoder_identity(),
     }
-    if global_rank() == 0 and claim(cache_dir / "dummy", encoders, args.overwrite):
+    built = set()  # folders encoded by this command (the others were checked by `claim`)
+    if global_rank() == 0 and claim(cache_dir / "dummy", encoders, args.overwrite, args.verify):
+        built.add("dummy")
         build_dummy(cache_dir / "dummy", model.image_encoder, model.text_encoder, shapes, encoders)
     datamodule.prepare_data()
     batch_size = args.batch_size or getattr(datamodule, "eval_batch_size", 32)
     report = CacheBuildReport(cache_dir)
-    for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    for split in splits:
         start = time.perf_counter()
         sources = datamodule.cache_sources(split)
         build = {
@@ -341,9 +387,12 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
         }
         writer.start(cache_dir / split)
         if global_rank() == 0:
-            needed = claim(cache_dir / split, build, args.overwrite)
+            needed = claim(cache_dir / split, build, args.overwrite, args.verify)
         else:  # the same decision, without touching files (rank 0 owns them)
-            needed = not is_complete(cache_dir / split, build)
+            try:
+                needed = not is_complete(cache_dir / split, build)
+            except CacheCorruptError:  # rank 0 refuses, or replaces it with --overwrite
+                needed = True
         if not needed:
             print(f"rlrt cache: {split}: complete already -> {cache_dir / split}")
             continue
@@ -357,6 +406,7 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
             batch_size=batch_size,
             num_workers=getattr(datamodule, "num_workers", 0),
         )
+        built.add(split)
         seconds = time.perf_counter() - start
         report.samples[split], report.seconds[split] = len(sources.ids), seconds
         if trainer.world_size > 1:  # which process did what: each encodes its shard
@@ -371,4 +421,14 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
                 f"rlrt cache: {split}: {len(sources.ids)} samples, {len(sources.image_paths)} "
                 f"images, {size:.1f} MiB, {seconds:.1f} s -> {cache_dir / split}"
             )
+    if args.verify and trainer.is_global_zero:
+        checked = [
+            verify_split(cache_dir / name) if name in built else SplitCacheReader(cache_dir / name)
+            for name in ("dummy", *splits)
+        ]
+        rows = sum(len(r) + len(r.image_tokens) for r in checked)
+        print(
+            f"rlrt cache: verify: ok: {', '.join(r.folder.name for r in checked)}: "
+            f"{rows} sample and image rows, all finite and in range -> {cache_dir}"
+        )
     return report

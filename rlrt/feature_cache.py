@@ -18,14 +18,26 @@ Layout of a cache folder (plain `.npy` arrays and JSON; nothing is pickled):
 
 Arrays are memory-mapped for reading. Images are stored once per distinct image file (SNLI-VE
 serves ~18 hypotheses per image). The image mask is all True by construction and not stored.
+
+`<cache>/.rlrt-cache.lock` is held (`flock`, exclusive) by the `rlrt cache` writing the folder;
+it holds `{"pid": N}` of that process while held, `{}` after. A reader refuses an incomplete
+split while it is held.
+
+Opening a split checks what is cheap: the manifest's fields, that every array file opens with the
+shape and dtype the others imply, that `sample_image_row` is in range, and that a few sampled rows
+are finite. `verify_split` (`rlrt cache --verify`) checks every row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +53,110 @@ FORMAT_VERSION = 1
 STORAGE_DTYPE = np.float16
 
 
+LOCK_NAME = ".rlrt-cache.lock"
+REBUILD = "rebuild it with `rlrt cache` (same config) and --overwrite"
+_FLOAT_ARRAYS = ("image_tokens", "image_embedding", "text_tokens", "text_embedding")
+_OPEN_SAMPLE_ROWS = 8  # rows per float array checked for finite values when a split is opened
+_VERIFY_CHUNK_BYTES = 64 * 2**20
+
+
 class CacheMismatchError(ValueError):
     """A cache built for another configuration than the run's."""
+
+
+class CacheCorruptError(ValueError):
+    """A cache file that is damaged: unreadable, of the wrong shape or type, or non-finite."""
+
+
+class CacheBusyError(ValueError):
+    """The cache folder is being written by another `rlrt cache`."""
+
+
+def damaged(path: Path, what: str) -> CacheCorruptError:
+    return CacheCorruptError(f"feature cache file {path} is damaged ({what}); {REBUILD}")
+
+
+def read_json(path: Path, kind: type | None = None) -> Any:
+    """The JSON in `path` (of type `kind` if given); a damaged file raises `CacheCorruptError`."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise damaged(Path(path), "missing") from None
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise damaged(Path(path), f"not valid JSON: {' '.join(str(err).split())}") from None
+    if kind is not None and not isinstance(value, kind):
+        raise damaged(Path(path), f"a JSON {type(value).__name__}, not a JSON {kind.__name__}")
+    return value
+
+
+def load_array(path: Path, mmap_mode: str | None = "r") -> np.ndarray:
+    """`np.load` of a cache array; a missing or unreadable file raises `CacheCorruptError`."""
+    path = Path(path)
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise damaged(path, "missing") from None
+    except (OSError, ValueError, EOFError) as err:
+        what = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, EOFError) or (path.is_file() and path.stat().st_size == 0):
+            what = "empty or truncated file"
+        raise damaged(path, f"not a readable .npy array: {what}") from None
+
+
+def lock_holder(cache_dir: Path) -> str | None:
+    """`pid N` (or `unknown pid`) of the `rlrt cache` writing `cache_dir`, or None if none is."""
+    lock = Path(cache_dir) / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_pid(fd) or "unknown pid"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _holder_pid(fd: int) -> str | None:
+    """`pid N` as the lock file's holder wrote it, or None."""
+    found = re.search(rb"\d+", os.pread(fd, 256, 0))
+    return f"pid {int(found.group())}" if found else None
+
+
+def _rewrite(fd: int, text: str) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode(), 0)
+
+
+@contextlib.contextmanager
+def cache_write_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold the exclusive lock of `cache_dir` (created if needed) while the block runs; another
+    holder makes this raise `CacheBusyError` at once."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    lock = cache_dir / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            who = _holder_pid(fd) or "another process"
+            raise CacheBusyError(
+                f"feature cache folder {cache_dir} is being written by another `rlrt cache` "
+                f"({who}); wait for it to finish or use another folder"
+            ) from None
+        _rewrite(fd, json.dumps({"pid": os.getpid()}))
+        try:
+            yield
+        finally:
+            _rewrite(fd, "{}")  # JSON like the rest of the folder, and no stale pid
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def ids_digest(ids: list[str]) -> str:
@@ -144,7 +258,7 @@ class SplitCacheWriter:
         """Allocate every array, unless an identical build was started before (resume)."""
         folder = Path(folder)
         build_file = folder / "build.json"
-        if build_file.is_file() and json.loads(build_file.read_text()) == build:
+        if build_file.is_file() and _read_or_none(build_file) == build:
             return  # same build interrupted earlier: keep the rows already done
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "manifest.json").unlink(missing_ok=True)
@@ -176,7 +290,7 @@ class SplitCacheWriter:
             "text_embedding",
             "text_done",
         ):
-            self.arrays[name] = np.load(self.folder / f"{name}.npy", mmap_mode="r+")
+            self.arrays[name] = load_array(self.folder / f"{name}.npy", mmap_mode="r+")
         return self
 
     def pending(self, kind: str) -> np.ndarray:
@@ -217,6 +331,13 @@ class SplitCacheWriter:
         atomic_write_json(self.folder / "manifest.json", manifest)
 
 
+def _read_or_none(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, CacheCorruptError):
+        return None
+
+
 class SplitCacheReader:
     """Read-only, memory-mapped access to one complete split (or the `dummy` folder)."""
 
@@ -225,28 +346,92 @@ class SplitCacheReader:
         manifest_file = self.folder / "manifest.json"
         if not manifest_file.is_file():
             state = "an unfinished build" if (self.folder / "build.json").is_file() else "nothing"
+            writer = lock_holder(self.folder.parent)
+            if writer is not None:
+                raise FileNotFoundError(
+                    f"feature cache {self.folder} is not complete: `rlrt cache` ({writer}) is "
+                    "building it now; wait for it to finish, then rerun"
+                )
             raise FileNotFoundError(
                 f"feature cache {self.folder} is not complete (found {state}); "
                 "run `rlrt cache` with this config to build or resume it"
             )
-        self.manifest = json.loads(manifest_file.read_text())
+        self.manifest: dict[str, Any] = read_json(manifest_file, dict)
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise CacheMismatchError(
                 f"feature cache {self.folder} has format version "
                 f"{self.manifest.get('format_version')}, this rlrt reads {FORMAT_VERSION}; "
                 "rebuild it"
             )
+        _check_manifest(self.manifest, manifest_file)
+        self.ids: list[str] = read_json(self.folder / "ids.json", list)
+        self.image_tokens = load_array(self.folder / "image_tokens.npy")
+        self.image_embedding = load_array(self.folder / "image_embedding.npy")
+        self.text_tokens = load_array(self.folder / "text_tokens.npy")
+        self.text_mask = load_array(self.folder / "text_mask.npy")
+        self.text_embedding = load_array(self.folder / "text_embedding.npy")
+        self.sample_image_row = load_array(self.folder / "sample_image_row.npy", mmap_mode=None)
+        self._check_shapes()
+        self.check_rows(_sample_rows)
 
-        def load(name: str) -> np.ndarray:
-            return np.load(self.folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+    def path(self, name: str) -> Path:
+        return self.folder / (f"{name}.npy" if name != "ids" else "ids.json")
 
-        self.image_tokens = load("image_tokens")
-        self.image_embedding = load("image_embedding")
-        self.text_tokens = load("text_tokens")
-        self.text_mask = load("text_mask")
-        self.text_embedding = load("text_embedding")
-        self.sample_image_row = np.load(self.folder / "sample_image_row.npy", allow_pickle=False)
-        self.ids: list[str] = json.loads((self.folder / "ids.json").read_text())
+    def _check_shapes(self) -> None:
+        """Every array has the shape and dtype the manifest and the other arrays imply."""
+        n, m = len(self.ids), self.image_tokens.shape[0] if self.image_tokens.ndim else 0
+        if not all(isinstance(i, str) for i in self.ids):
+            raise damaged(self.path("ids"), "not a list of strings")
+        if "num_samples" in self.manifest and self.manifest["num_samples"] != n:
+            said = self.manifest["num_samples"]
+            raise damaged(self.path("ids"), f"{n} ids, the manifest says {said}")
+        tokens = self.text_tokens
+        layers = tokens.shape[1] if tokens.ndim == 4 else None
+        pooling = self.manifest.get("token_pooling", {})
+        expected = {  # name: (shape with None where any size goes, dtype)
+            "text_tokens": ((n, None, pooling.get("text_tokens"), None), np.float16),
+            "text_mask": ((n, tokens.shape[2] if tokens.ndim == 4 else None), np.bool_),
+            "text_embedding": ((n, None), np.float16),
+            "image_tokens": ((None, layers, pooling.get("image_tokens"), None), np.float16),
+            "image_embedding": ((m, None), np.float16),
+            "sample_image_row": ((n,), np.int64),
+        }
+        for name, (shape, dtype) in expected.items():
+            array = getattr(self, name)
+            fits = array.ndim == len(shape) and all(
+                want is None or have == want for have, want in zip(array.shape, shape)
+            )
+            if not fits or array.dtype != dtype:
+                want = "(" + ", ".join("*" if d is None else str(d) for d in shape) + ")"
+                raise damaged(
+                    self.path(name),
+                    f"{array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{want}",
+                )
+        if m < 1:
+            raise damaged(self.path("image_tokens"), "no image rows")
+        rows = self.sample_image_row
+        bad = np.flatnonzero((rows < -1) | (rows >= m))
+        if len(bad):
+            raise damaged(
+                self.path("sample_image_row"),
+                f"row {bad[0]} is {rows[bad[0]]}, outside -1..{m - 1}",
+            )
+
+    def check_rows(self, which) -> int:
+        """Check the float arrays' rows `which(num_rows)` (an iterable of index arrays) are
+        finite; raise `CacheCorruptError` naming the first bad file and row. Returns the number of
+        rows checked."""
+        checked = 0
+        for name in _FLOAT_ARRAYS:
+            array = getattr(self, name)
+            for index in which(array):
+                block = np.asarray(array[index])
+                finite = np.isfinite(block).reshape(len(index), -1).all(axis=1)
+                if not finite.all():
+                    row = int(index[int(np.argmin(finite))])
+                    raise damaged(self.path(name), f"row {row} holds NaN or infinite values")
+                checked += len(index)
+        return checked
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -281,3 +466,57 @@ class SplitCacheReader:
             text_embedding=tensor(self.text_embedding, rows),
         )
         return features, torch.from_numpy(has_image)
+
+
+def _check_manifest(manifest: dict[str, Any], where: Path) -> None:
+    """The fields every manifest has, and the optional ones, of the right types."""
+    required = {"format_version": int, "dtype": str, "encoders": dict, "complete": bool}
+    optional = {"num_samples": int, "token_pooling": dict, "ids_sha256": str, "split": str}
+    for key, kind in {**required, **optional}.items():
+        if key not in manifest:
+            if key in required:
+                raise damaged(where, f"no {key!r} field")
+            continue
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool) != (kind is bool):
+            raise damaged(where, f"{key!r} is {manifest[key]!r}, not a {kind.__name__}")
+    if manifest["complete"] is not True or manifest["dtype"] != "float16":
+        raise damaged(where, f"complete={manifest['complete']!r}, dtype={manifest['dtype']!r}")
+    for key, value in manifest.get("token_pooling", {}).items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise damaged(where, f"token_pooling.{key} is {value!r}, not an int")
+
+
+def _sample_rows(array: np.ndarray) -> Iterator[np.ndarray]:
+    """A few rows, cheap for any size: the first, the last and some evenly spaced between."""
+    n = len(array)
+    if n:
+        yield np.unique(np.linspace(0, n - 1, num=min(n, _OPEN_SAMPLE_ROWS)).round().astype(int))
+
+
+def _all_rows(array: np.ndarray) -> Iterator[np.ndarray]:
+    """Every row, in chunks of about `_VERIFY_CHUNK_BYTES`."""
+    n = len(array)
+    row_bytes = max(array[0].nbytes if n else 1, 1)
+    step = max(1, _VERIFY_CHUNK_BYTES // row_bytes)
+    for start in range(0, n, step):
+        yield np.arange(start, min(start + step, n))
+
+
+def verify_split(folder: Path) -> SplitCacheReader:
+    """Open `folder` (the cheap checks) then check every row: finite values, rows flagged done,
+    ids as the manifest's digest. Raises `CacheCorruptError` naming the first bad file/row."""
+    reader = SplitCacheReader(folder)
+    reader.check_rows(_all_rows)
+    for kind in ("image", "text"):
+        path = reader.folder / f"{kind}_done.npy"
+        done = load_array(path)
+        expected = len(reader.image_tokens if kind == "image" else reader.ids)
+        if done.shape != (expected,) or done.dtype != np.bool_:
+            raise damaged(path, f"{done.dtype}{list(done.shape)}, expected bool({expected},)")
+        missing = np.flatnonzero(~np.asarray(done))
+        if len(missing):
+            raise damaged(path, f"{kind} row {missing[0]} was never written")
+    digest = reader.manifest.get("ids_sha256")
+    if digest is not None and ids_digest(reader.ids) != digest:
+        raise damaged(reader.path("ids"), "the ids differ from the manifest's ids_sha256")
+    return reader
