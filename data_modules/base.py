@@ -30,6 +30,7 @@ Batch dict (docs/design.md, section 2), `B` samples, `S = image_size`, `C = num_
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -118,9 +119,12 @@ def load_image(path: Path, size: int, *, draft: bool = True) -> Tensor:
     `draft=False` turns off JPEG draft mode (benchmarks compare the two).
     """
     with Image.open(path) as img:
-        if draft and img.format == "JPEG":
+        is_jpeg = img.format == "JPEG"
+        if draft and is_jpeg:
             img.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
         img = img.convert("RGB")
+        if is_jpeg and _grey_filled(img):
+            raise OSError(_GREY_FILL)
         w, h = img.size
         side = min(w, h)
         left, top = (w - side) / 2, (h - side) / 2
@@ -132,6 +136,29 @@ def load_image(path: Path, size: int, *, draft: bool = True) -> Tensor:
     # The copies are numpy's (one thread): torch's intra-op threads, idle-spinning beside a busy
     # process, made the same copies 100x slower in a DataLoader without workers.
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (3, S, S)
+
+
+_GREY_FILL = (
+    "truncated (the bottom rows decode as the grey fill of missing JPEG data: the file was cut "
+    "and ends with an end-of-image marker)"
+)
+
+
+def _grey_filled(img: Image.Image) -> bool:
+    """Whether a decoded RGB JPEG ends in libjpeg's fill for missing scan data.
+
+    A JPEG cut in its scan data and closed by an end-of-image marker decodes without an error:
+    libjpeg zero-fills the missing blocks, which decode as exactly (128, 128, 128). A last row of
+    only that value, under a first row that is not, is taken as such a cut (a photo whose bottom
+    row is exactly uniform mid-grey is dropped too; a cut progressive JPEG is not caught).
+    """
+    w, h = img.size
+    if h < 2:
+        return False
+    last = np.asarray(img.crop((0, h - 1, w, h)))
+    if not (last == 128).all():
+        return False
+    return not (np.asarray(img.crop((0, 0, w, 1))) == 128).all()
 
 
 def probe_image(path: Path) -> str | None:
@@ -445,6 +472,8 @@ class ImageTextDataModule(L.LightningDataModule):
         shuffle: bool = False,
         generator: torch.Generator | None = None,
     ) -> DataLoader:
+        if shuffle and len(self.dataset(split)) == 0:
+            raise ValueError(self._empty_split_message(split))
         # A ragged last training batch would be the smallest one L_CCA ever sees.
         drop_last = shuffle and len(self.dataset(split)) > batch_size
         if self.feature_cache is not None:
@@ -470,6 +499,18 @@ class ImageTextDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=drop_last,
         )
+
+    def _empty_split_message(self, split: str) -> str:
+        """One line for a split without samples: were they all dropped, or none found?"""
+        dropped = sum(b.split == split for b in self.bad_samples)
+        if dropped:
+            why = (
+                f"all {dropped} of its samples were dropped as bad; their ids and reasons are in "
+                f"{BAD_SAMPLE_REPORT} in the run directory (or run `rlrt inspect-data`)"
+            )
+        else:
+            why = "no samples were found in it (check the files, or run `rlrt inspect-data`)"
+        return f"{self.dataset_name}: the {split} split under {self.root} is empty: {why}"
 
     # ---- the feature cache -------------------------------------------------------------------
 
@@ -550,7 +591,7 @@ class ImageTextDataModule(L.LightningDataModule):
     ) -> str | None:
         """Reason why `rec` is bad, or None."""
         if not isinstance(rec.id, str) or not rec.id:
-            return f"invalid id: {rec.id!r}"
+            return f"invalid id: {short_repr(rec.id)}"
         if rec.id in seen:
             return "duplicate id: already read in this split"
         if not isinstance(rec.text, str):
@@ -559,7 +600,7 @@ class ImageTextDataModule(L.LightningDataModule):
         if not isinstance(labels, list) or not all(
             isinstance(c, int) and 0 <= c < self.num_classes for c in labels
         ):
-            return f"unknown label: {rec.label!r}"
+            return f"unknown label: {short_repr(rec.label)}"
         if rec.image_path is None:
             return None
         path = rec.image_path
@@ -568,6 +609,12 @@ class ImageTextDataModule(L.LightningDataModule):
         return image_reasons[path]
 
     def _check_image(self, path: Path) -> str | None:
+        try:
+            return self._check_image_path(path)
+        except (OSError, ValueError) as err:  # a name too long, a NUL byte, ...
+            return f"invalid image path: {os_reason(err)}: {path!s}"
+
+    def _check_image_path(self, path: Path) -> str | None:
         try:
             self.inside_root(path)
         except SampleRejected as err:
@@ -584,6 +631,8 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _reject(self, split: str, sample_id: str, reason: str) -> None:
         reason = _one_line(reason)
+        if len(reason) > _MAX_REASON:
+            reason = reason[: _MAX_REASON - 3] + "..."
         if self.on_bad_sample == "error":
             raise BadSampleError(
                 f"{self.dataset_name} {split} sample {sample_id!r}: {reason} "
@@ -594,3 +643,43 @@ class ImageTextDataModule(L.LightningDataModule):
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
+
+
+_MAX_REASON = 2000  # characters of a bad-sample reason (a pathological value can be huge)
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters (a value read from a file may be huge or nested
+    deeper than repr can go)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # ValueError: an int past the digits limit
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_error(err: BaseException) -> str:
+    """Why JSON text did not load, in a few words (RecursionError and the int-digits limit say
+    little of the JSON by themselves)."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {err.start})"
+    if "integer string conversion" in str(err):
+        return "an integer with too many digits"
+    return _one_line(err)
+
+
+def path_reason(err: OSError | ValueError, path: Path) -> str:
+    """The reason for a sample whose file `path` the OS refused: an id or name that cannot be a
+    file name ("invalid id") or a file that cannot be read ("unreadable file")."""
+    bad_name = not isinstance(err, OSError) or err.errno == errno.ENAMETOOLONG
+    kind = "invalid id" if bad_name else "unreadable file"
+    return f"{kind}: {os_reason(err)}: {path!s}"
+
+
+def os_reason(err: BaseException) -> str:
+    """What went wrong with a path, without repeating the (possibly very long) path."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror  # "File name too long"
+    return _one_line(err)  # "embedded null byte"

@@ -43,7 +43,14 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
-from .base import ImageTextDataModule, Rejected, SampleRecord, SampleRejected, Task
+from .base import (
+    ImageTextDataModule,
+    Rejected,
+    SampleRecord,
+    SampleRejected,
+    Task,
+    path_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +214,8 @@ class Food101DataModule(ImageTextDataModule):
     def _val_indices(self) -> set[int]:
         """Indices into the train CSV's valid rows that form the validation split."""
         rows = self._parsed("train").rows
+        if not rows:  # train and val are empty; the train loader says why (_empty_split_message)
+            return set()
         if isinstance(self.val_size, float):
             count = max(1, round(self.val_size * len(rows)))
         else:
@@ -223,6 +232,19 @@ class Food101DataModule(ImageTextDataModule):
             f"rows (stratified, split_seed={self.split_seed})"
         )
         return val
+
+    def _empty_split_message(self, split: str) -> str:
+        """For a train CSV without a valid row, say so (no `val_size` would help)."""
+        parsed = self._parsed("test" if split == "test" else "train")
+        if parsed.rows:
+            return super()._empty_split_message(split)
+        csv_path = self.root / "texts" / _CSV["test" if split == "test" else "train"]
+        example = f"; the first: {parsed.rejected[0].reason}" if parsed.rejected else ""
+        return (
+            f"{self.dataset_name}: the {split} split is empty: the CSV {csv_path} has no valid "
+            f"rows ({len(parsed.rejected)} refused{example}); all are listed in "
+            f"bad_samples.json in the run directory (or run `rlrt inspect-data`)"
+        )
 
     def _parsed(self, csv_split: str) -> ParsedTitles:
         """The parsed CSV of "train" or "test", read once (train and val share the train CSV)."""
@@ -264,6 +286,10 @@ class Food101DataModule(ImageTextDataModule):
                 row = self._row(fields, image_dir, place, parsed)
             except SampleRejected as err:
                 parsed.rejected.append(Rejected(_row_id(line, place), err.reason))
+                continue
+            except (OSError, ValueError) as err:  # a name that is no file name (NUL, too long)
+                reason = f"{path_reason(err, image_dir / (fields or ('', '', ''))[2])} at {place}"
+                parsed.rejected.append(Rejected(_row_id(line, place), reason))
                 continue
             if row.id in seen:
                 parsed.rejected.append(Rejected(row.id, f"duplicate id: again at {place}"))

@@ -25,7 +25,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from .base import ImageTextDataModule, Rejected, SampleRecord, SampleRejected, Task
+from .base import (
+    ImageTextDataModule,
+    Rejected,
+    SampleRecord,
+    SampleRejected,
+    Task,
+    json_error,
+    path_reason,
+    short_repr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +112,16 @@ class MMIMDBDataModule(ImageTextDataModule):
         dropped_tags: Counter[str] = Counter()
         for movie_id in ids:
             if not isinstance(movie_id, str) or not movie_id:
-                yield Rejected(str(movie_id), f"invalid id: {movie_id!r} in split.json")
+                shown = short_repr(movie_id)
+                yield Rejected(shown, f"invalid id: {shown} in {self.root / 'split.json'}")
                 continue
             try:
                 records = self._read_movie(movie_id, json_dir, image_dir, dropped_tags)
             except SampleRejected as err:
                 yield Rejected(movie_id, err.reason)
+                continue
+            except (OSError, ValueError) as err:  # a name too long, a NUL byte in the id, ...
+                yield Rejected(movie_id, path_reason(err, json_dir / f"{movie_id}.json"))
                 continue
             yield from records
         if dropped_tags:
@@ -139,8 +152,8 @@ class MMIMDBDataModule(ImageTextDataModule):
             raise self.not_found(path, "split.json", hint)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"MM-IMDB: {path} is not valid JSON: {err}") from err
+        except (ValueError, RecursionError) as err:  # also too deep, or a too long integer
+            raise ValueError(f"MM-IMDB: {path} is not valid JSON: {json_error(err)}") from err
         splits = {}
         for split, keys in _SPLIT_KEYS.items():
             key = next((k for k in keys if isinstance(raw, dict) and k in raw), None)
@@ -160,8 +173,8 @@ class MMIMDBDataModule(ImageTextDataModule):
             raise SampleRejected(f"missing json: {json_path}")
         try:
             meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SampleRejected(f"malformed json: {err}") from err
+        except (ValueError, RecursionError) as err:  # also too deep, or a too long integer
+            raise SampleRejected(f"malformed json: {json_error(err)} ({json_path})") from err
         if not isinstance(meta, dict):
             raise SampleRejected("malformed json: not an object")
         genres = meta.get("genres")

@@ -11,7 +11,9 @@ columns used:
 A row with neither image nor text, or an image file that cannot be read, is a bad sample: with
 the default `on_bad_sample="error"` prediction stops at it with one line naming the row; with
 `"skip"` it is dropped, reported, and written by `callbacks.PredictionWriter` as an error row.
-Image paths are taken as given (they need not lie under `image_root`).
+Image paths are taken as given (they need not lie under `image_root`). A JSONL line that is not
+UTF-8 or not JSON (nested too deeply, an integer of over 4300 digits) is a bad row naming its line
+and the file; a CSV that is not UTF-8 stops with one line naming the file.
 
 The classes (names, count, task) come from the checkpoint: `checkpoint`, which `rlrt predict`
 fills from `--ckpt_path` when left unset.
@@ -28,7 +30,15 @@ from typing import Any, Literal
 
 from rlrt.checkpoints import read_checkpoint
 
-from .base import ImageTextDataModule, Rejected, SampleRecord, Task
+from .base import (
+    ImageTextDataModule,
+    Rejected,
+    SampleRecord,
+    Task,
+    json_error,
+    os_reason,
+    short_repr,
+)
 
 PAIR_KEYS = ("image", "text", "id")
 
@@ -38,28 +48,46 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     that does not parse."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
+        with path.open("rb") as handle:
+            for line_number, raw in enumerate(handle, 1):
+                if not raw.strip():
                     continue
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield line_number, f"malformed row: {err.msg}"
+                    row = json.loads(raw.decode("utf-8"))
+                except (ValueError, RecursionError) as err:  # also not UTF-8, too deep, ...
+                    reason = err.msg if isinstance(err, json.JSONDecodeError) else json_error(err)
+                    yield line_number, f"malformed row: {reason}"
                     continue
                 yield line_number, row if isinstance(row, dict) else "malformed row: not an object"
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not set(reader.fieldnames) & {"image", "text"}:
-                raise ValueError(
-                    f"{path}: the CSV header must name an `image` and/or a `text` column, "
-                    f"got {reader.fieldnames}"
-                )
-            for row in reader:
-                yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+        try:
+            yield from _csv_rows(path)
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{path}: not UTF-8 text (byte {err.start} of a read block is "
+                f"{err.object[err.start : err.start + 1]!r}); save the CSV as UTF-8"
+            ) from err
     else:
         raise ValueError(f"{path}: pairs must be a .jsonl or a .csv file, got {suffix!r}")
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not set(reader.fieldnames) & {"image", "text"}:
+            raise ValueError(
+                f"{path}: the CSV header must name an `image` and/or a `text` column, "
+                f"got {short_repr(reader.fieldnames)}"
+            )
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:  # a field over the size limit, ...: the parser goes on
+                yield reader.line_num, f"malformed row: {err}"
+                continue
+            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
 
 
 def checkpoint_classes(checkpoint: str | Path) -> dict[str, Any]:
@@ -132,25 +160,38 @@ class PairsDataModule(ImageTextDataModule):
             raise ValueError(
                 f"PairsDataModule holds unlabelled pairs for `rlrt predict`, not a {split} split"
             )
-        if not self.path.is_file():
+        try:
+            found = self.path.is_file()
+        except (OSError, ValueError) as err:  # a name too long, a NUL byte
+            raise ValueError(f"pairs file {str(self.path)!r}: {os_reason(err)}") from err
+        if not found:
             raise self.not_found(self.path, "pairs file")
         placeholder = [] if self.task == "multilabel" else 0  # unlabelled: never used
         for line_number, row in read_rows(self.path):
             sample_id = str(line_number)
+            where = f"line {line_number} of {self.path}"
             if isinstance(row, str):
-                yield Rejected(sample_id, f"{row} (line {line_number})")
+                yield Rejected(sample_id, f"{row} ({where})")
                 continue
-            sample_id = str(row["id"]) if row.get("id") not in (None, "") else sample_id
+            given_id = row.get("id")
+            if given_id not in (None, ""):
+                if isinstance(given_id, bool) or not isinstance(given_id, str | int):
+                    yield Rejected(sample_id, f"invalid id: {short_repr(given_id)} ({where})")
+                    continue
+                sample_id = str(given_id)
             image, text = row.get("image"), row.get("text")
             if image in (None, "") and text is None:
-                yield Rejected(sample_id, f"empty row: neither image nor text (line {line_number})")
+                yield Rejected(sample_id, f"empty row: neither image nor text ({where})")
                 continue
             if text is not None and not isinstance(text, str):
-                yield Rejected(sample_id, f"invalid text: not a string (line {line_number})")
+                yield Rejected(sample_id, f"invalid text: not a string ({where})")
+                continue
+            if image is not None and not isinstance(image, str):
+                yield Rejected(sample_id, f"invalid image: not a path string ({where})")
                 continue
             yield SampleRecord(
                 id=sample_id,
-                image_path=None if image in (None, "") else self.root / str(image),
+                image_path=None if image in (None, "") else self.root / image,
                 text=text or "",
                 label=placeholder,
                 text_present=text is not None,

@@ -30,7 +30,17 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from .base import ImageTextDataModule, Rejected, SampleRecord, SampleRejected, Task
+from .base import (
+    ImageTextDataModule,
+    Rejected,
+    SampleRecord,
+    SampleRejected,
+    Task,
+    json_error,
+    os_reason,
+    path_reason,
+    short_repr,
+)
 
 SNLI_VE_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 IMAGE_ID_KEYS: tuple[str, ...] = ("Flikr30kID", "Flickr30K_ID", "Flickr30kID")
@@ -77,8 +87,8 @@ class SNLIVEDataModule(ImageTextDataModule):
                 place = f"{name}:{number}"
                 try:
                     row = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                    yield Rejected(place, f"malformed json row: {err}")
+                except (ValueError, RecursionError) as err:  # also too deep, too long an int
+                    yield Rejected(place, f"malformed json row: {json_error(err)} at {place}")
                     continue
                 if not isinstance(row, dict):
                     yield Rejected(place, "malformed json row: not an object")
@@ -89,6 +99,8 @@ class SNLIVEDataModule(ImageTextDataModule):
                     yield self._record(row, sample_id, place)
                 except SampleRejected as err:
                     yield Rejected(sample_id, err.reason)
+                except (OSError, ValueError) as err:  # an image id that is no file name
+                    yield Rejected(sample_id, f"{path_reason(err, path)} at {place}")
 
     def _record(self, row: dict[str, Any], sample_id: str, place: str) -> SampleRecord:
         """The record of one JSON row, or raise `SampleRejected` with the reason."""
@@ -99,20 +111,28 @@ class SNLIVEDataModule(ImageTextDataModule):
             )
         value = row[key]
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise SampleRejected(f"malformed json row: {key}={value!r} at {place}")
+            raise SampleRejected(f"malformed json row: {key}={short_repr(value)} at {place}")
         image_id = str(value)
         if image_id.lower().endswith(".jpg"):
             image_id = image_id[: -len(".jpg")]
-        image_path = self.inside_root(self.root / IMAGE_DIR / f"{image_id}.jpg")
+        image_path = self.root / IMAGE_DIR / f"{image_id}.jpg"
+        try:
+            self.inside_root(image_path)
+        except (OSError, ValueError) as err:  # too long a name, a NUL byte
+            raise SampleRejected(
+                f"invalid image id: {os_reason(err)}: {key}={short_repr(value)} at {place}"
+            ) from err
 
         gold = row.get("gold_label")
         if gold in ("-", "", None):
-            raise SampleRejected(f"no gold label: {gold!r} (the annotators did not agree)")
+            raise SampleRejected(
+                f"no gold label: {short_repr(gold)} at {place} (the annotators did not agree)"
+            )
         if not isinstance(gold, str) or gold not in _LABEL_INDEX:
-            raise SampleRejected(f"unknown label: {gold!r}")
+            raise SampleRejected(f"unknown label: {short_repr(gold)} at {place}")
         text = row.get("sentence2")
         if not isinstance(text, str):
-            raise SampleRejected(f"missing text: 'sentence2' is {text!r}")
+            raise SampleRejected(f"missing text: 'sentence2' is {short_repr(text)} at {place}")
         return SampleRecord(
             id=sample_id, image_path=image_path, text=text, label=_LABEL_INDEX[gold]
         )

@@ -60,6 +60,10 @@ def user_error_message(error: BaseException, command: str = "rlrt") -> str | Non
     """The one-line message for a user error, or None when `error` is not one."""
     if isinstance(error, argparse.ArgumentError):
         return parse_error_line(str(error), command)
+    if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
+        name = str(error.filename or "")
+        shown = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]} ({len(name)} characters)"
+        return f"file name too long: {shown}; use a shorter path or file name"
     if isinstance(error, OSError) and error.errno in _USER_OS_ERRNOS:
         where = f" ({error.filename})" if error.filename else ""
         return f"{error.strerror or error}{where}; free space or fix the permissions, then rerun"

@@ -221,8 +221,8 @@ def run_config(checkpoint: Path, overrides: list[str]) -> list[str]:
         return []
     saved = checkpoint.resolve().parent.parent / "config.yaml"
     if not saved.is_file():
-        raise SystemExit(
-            f"rlrt robustness: no --config given and no run config at {saved}; "
+        raise FileNotFoundError(
+            f"no --config given and no run config at {saved}; "
             "pass the trainer, data and model configs the checkpoint was trained with"
         )
     return ["--config", str(saved)]
@@ -231,8 +231,8 @@ def run_config(checkpoint: Path, overrides: list[str]) -> list[str]:
 def run_robustness(argv: list[str]) -> pd.DataFrame:
     args, overrides = parse_args(argv)
     checkpoint = Path(args.ckpt_path)
-    if not checkpoint.is_file():
-        raise SystemExit(f"rlrt robustness: checkpoint not found: {checkpoint}")
+    if not checkpoint.is_file():  # a user error: `rlrt: error: ...` and exit status 2
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint} (--ckpt_path)")
     output = Path(args.output)
     grid = build_grid(
         rates=_floats(args.rates),

@@ -298,3 +298,10 @@ def test_which_errors_are_the_users():
     assert user_error_message(FileNotFoundError("gone")) == "gone"
     assert user_error_message(RuntimeError("shape mismatch in a matmul")) is None  # a bug
     assert user_error_message(KeyError("x")) is None
+
+
+def test_a_file_name_too_long_is_one_line_naming_it(in_tmp, args, capsys):
+    root = in_tmp / ("x" * 300)
+    message = fails_in_one_line(["fit", *args, f"--data.init_args.root={root}"], capsys)
+    assert message.startswith("file name too long: ") and "use a shorter path" in message
+    assert "Traceback" not in message

@@ -218,6 +218,11 @@ def test_robustness_end_to_end(tmp_path, monkeypatch, tiny_vit_config, tiny_llam
     assert "tiny: image" in (tmp_path / "both" / "robustness.md").read_text()
 
 
-def test_robustness_refuses_a_missing_checkpoint(tmp_path):
-    with pytest.raises(SystemExit, match="checkpoint not found"):
-        main(["robustness", "--ckpt_path", str(tmp_path / "no.ckpt"), "--output", str(tmp_path)])
+def test_robustness_refuses_a_missing_checkpoint(tmp_path, capsys):
+    missing = tmp_path / "no.ckpt"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["robustness", "--ckpt_path", str(missing), "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlrt: error: checkpoint not found")
+    assert str(missing) in err[0]
