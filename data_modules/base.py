@@ -531,18 +531,22 @@ class ImageTextDataModule(L.LightningDataModule):
         """Distinct images and the texts of `split`, for `rlrt cache` (`cached.CacheSources`)."""
         from .cached import cache_sources
 
-        return cache_sources(self.dataset(split).records, self.image_size)
+        return cache_sources(self.dataset(split).records, self.image_size, self.root)
 
     def _cached_batches(self, split: str):
         """The split's batches from the cache, opened (and checked) once."""
         if split in self._cached:
             return self._cached[split]
-        from rlrt.feature_cache import SplitCacheReader, check_fields
+        from rlrt.feature_cache import SplitCacheReader, check_content, check_fields
 
         from .cached import CachedBatches, labels_tensor
 
         reader = SplitCacheReader(self.feature_cache / split)
         check_fields(reader.manifest, self.cache_identity(split), reader.folder)
+        from .cached import content_fingerprint
+
+        # the dataset's files edited in place under the same ids: one stat per image file
+        check_content(reader, *content_fingerprint(self.dataset(split).records, self.root))
         dummy = SplitCacheReader(self.feature_cache / "dummy")
         self.feature_cache_manifest = reader.manifest
         records = self.dataset(split).records

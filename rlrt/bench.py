@@ -185,6 +185,7 @@ def fill_random_cache(cache: Path, source: Path, root_args: list[str]) -> None:
         build = {
             **{k: manifest[k] for k in ("format_version", "dtype", "encoders")},
             **data.cache_identity(split),
+            "content_sha256": sources.content_sha256,
             "root": str(data.root),
             "benchmark": "random",
         }
@@ -196,6 +197,7 @@ def fill_random_cache(cache: Path, source: Path, root_args: list[str]) -> None:
             sample_image_row=sources.sample_image_row,
             num_images=len(sources.image_paths),
             shapes=shapes,
+            image_stats=sources.image_stats,
         )
         writer = SplitCacheWriter(folder).open()
         for name, array in writer.arrays.items():

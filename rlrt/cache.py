@@ -30,16 +30,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.feature_cache import (
+    CONTENT_FIELD,
     FORMAT_VERSION,
     CacheCorruptError,
     CacheMismatchError,
+    CacheStaleError,
     Shapes,
     SplitCacheReader,
     SplitCacheWriter,
     cache_write_lock,
+    changed_image_files,
     first_difference,
     load_array,
     read_json,
+    stale_message,
     verify_split,
 )
 
@@ -191,10 +195,18 @@ def is_complete(folder: Path, build: dict[str, Any]) -> bool:
     return manifest.is_file() and read_json(manifest, dict) == {**build, "complete": True}
 
 
-def claim(folder: Path, build: dict[str, Any], overwrite: bool, verify: bool = False) -> bool:
+def claim(
+    folder: Path,
+    build: dict[str, Any],
+    overwrite: bool,
+    verify: bool = False,
+    image_stats: np.ndarray | None = None,
+) -> bool:
     """Whether `folder` still needs building for `build`; refuses to replace another config's
-    cache (complete or not), or a damaged one, unless `overwrite`. A complete one is opened (the
-    cheap checks), or with `verify` checked row by row."""
+    cache (complete or not), a damaged one, or one whose dataset files changed since (its
+    `content_sha256` differs; `image_stats` of the files now count the changed ones), unless
+    `overwrite`. A complete one is opened (the cheap checks), or with `verify` checked row by
+    row."""
     manifest, started = folder / "manifest.json", folder / "build.json"
     try:
         if is_complete(folder, build):
@@ -213,13 +225,34 @@ def claim(folder: Path, build: dict[str, Any], overwrite: bool, verify: bool = F
         if not overwrite:
             raise
         saved = None
-    if saved is not None:
-        field = first_difference(saved, {**build, "complete": True}) or "?"
-        if not overwrite:
-            raise CacheMismatchError(
-                f"{folder} holds a feature cache of another config ({field} differs); "
-                "pass --overwrite to replace it, or choose another folder"
+    if saved is not None and not overwrite:
+
+        def without(config: dict[str, Any], *names: str) -> dict[str, Any]:
+            return {k: v for k, v in config.items() if k not in names}
+
+        # a config difference first: a changed dataset matters only for the same config
+        field = (
+            first_difference(
+                without(saved, "complete", CONTENT_FIELD), without(build, CONTENT_FIELD)
             )
+            or first_difference(without(saved, "complete"), build)
+            or first_difference(saved, {**build, "complete": True})
+            or "?"
+        )
+        if field == CONTENT_FIELD and saved.get(CONTENT_FIELD) is None:
+            raise CacheStaleError(
+                f"{folder} holds a feature cache without {CONTENT_FIELD} (built by an older "
+                "rlrt, which did not record the dataset files' sizes and modification times); "
+                "pass --overwrite to rebuild it"
+            )
+        if field == CONTENT_FIELD:
+            stats = np.empty((0, 2), np.int64) if image_stats is None else image_stats
+            changed = None if image_stats is None else changed_image_files(folder, stats)
+            raise CacheStaleError(stale_message(folder, changed, len(stats)))
+        raise CacheMismatchError(
+            f"{folder} holds a feature cache of another config ({field} differs); "
+            "pass --overwrite to replace it, or choose another folder"
+        )
     (folder / "manifest.json").unlink(missing_ok=True)  # first: never a manifest over a partial
     for path in folder.iterdir():
         path.unlink()
@@ -267,6 +300,7 @@ def build_split(
             sample_image_row=sources.sample_image_row,
             num_images=num_images,
             shapes=shapes,
+            image_stats=sources.image_stats,
         )
         if not sources.image_paths:
             marker = np.load(folder / "image_done.npy", mmap_mode="r+")
@@ -379,6 +413,7 @@ def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> 
         build = {
             **encoders,
             **datamodule.cache_identity(split),
+            CONTENT_FIELD: sources.content_sha256,
             "root": str(datamodule.root),
             "token_pooling": {
                 "image_tokens": shapes.image_tokens,
@@ -387,7 +422,9 @@ def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> 
         }
         writer.start(cache_dir / split)
         if global_rank() == 0:
-            needed = claim(cache_dir / split, build, args.overwrite, args.verify)
+            needed = claim(
+                cache_dir / split, build, args.overwrite, args.verify, sources.image_stats
+            )
         else:  # the same decision, without touching files (rank 0 owns them)
             try:
                 needed = not is_complete(cache_dir / split, build)

@@ -84,7 +84,10 @@ class RLRTCLI(LightningCLI):
         lists on purpose, under their own command line."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            super().parse_arguments(parser, args)
+            try:
+                super().parse_arguments(parser, args)
+            except UnicodeDecodeError as err:
+                raise ValueError(_undecodable_config(args, err)) from err
 
     def before_instantiate_classes(self) -> None:
         """Apply `layer_pairs` to both encoders; for `predict`, give a data module that reads its
@@ -190,6 +193,26 @@ EXTRA_COMMANDS = {
     "bench": "rlrt.bench:run_bench",
     "inspect-data": "rlrt.inspect_data:run_inspect_data",
 }
+
+
+def _undecodable_config(args: list[str] | None, err: UnicodeDecodeError) -> str:
+    """One line naming the file among `args` (`--config FILE`, `--config=FILE`, or a file given
+    to any option) that is not UTF-8 text; jsonargparse's own error names no file."""
+    given = sys.argv[1:] if args is None else args
+    values = [a.split("=", 1)[1] if a.startswith("--") and "=" in a else a for a in given]
+    for value in values:
+        path = Path(value)
+        try:
+            if path.is_file():
+                path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return (
+                f"config file {path} is not a UTF-8 YAML file (byte 0x{bad.object[bad.start]:02x} "
+                f"at offset {bad.start} is not UTF-8 text); pass a YAML config"
+            )
+        except (OSError, ValueError):
+            continue
+    return f"a config file is not a UTF-8 YAML file ({err.reason} at offset {err.start})"
 
 
 def parse_only(args: list[str]) -> Namespace:

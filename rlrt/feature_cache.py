@@ -8,6 +8,7 @@ Layout of a cache folder (plain `.npy` arrays and JSON; nothing is pickled):
         build.json            what is being built (checked before a killed build is resumed)
         ids.json              sample ids, in row order
         sample_image_row.npy  (N,) int64: each sample's row in the image arrays (-1: no image)
+        image_stats.npy       (M, 2) int64: each image file's size and mtime (ns) when built
         image_tokens.npy      (M, L_s, N_i, D_i) float16, one row per distinct image
         image_embedding.npy   (M, E_i) float16
         image_done.npy        (M,) bool: rows written and flushed
@@ -26,6 +27,11 @@ split while it is held.
 Opening a split checks what is cheap: the manifest's fields, that every array file opens with the
 shape and dtype the others imply, that `sample_image_row` is in range, and that a few sampled rows
 are finite. `verify_split` (`rlrt cache --verify`) checks every row.
+
+The manifest's `content_sha256` (`data_modules.cached.content_fingerprint`) hashes what the
+features depend on: every sample's text and the size and modification time of its image file.
+Training from the cache recomputes it (one `stat` per image file, no decoding) and refuses a cache
+whose dataset files changed since it was built (`check_content`).
 """
 
 from __future__ import annotations
@@ -62,6 +68,56 @@ _VERIFY_CHUNK_BYTES = 64 * 2**20
 
 class CacheMismatchError(ValueError):
     """A cache built for another configuration than the run's."""
+
+
+class CacheStaleError(CacheMismatchError):
+    """A cache built from dataset files that changed since (same ids, other contents)."""
+
+
+CONTENT_FIELD = "content_sha256"
+
+
+def stale_message(folder: Path, changed_images: int | None, num_images: int) -> str:
+    """One line: the cache `folder` (a split folder) is stale, with what changed if known."""
+    if changed_images:
+        what = f"sizes or modification times of {changed_images} of {num_images} image files"
+    elif changed_images == 0:
+        what = "the texts or image paths of some samples; no image file changed"
+    else:
+        what = "sizes or modification times of image files, or the texts"
+    return (
+        f"feature cache {folder.parent}: the {folder.name} split's dataset files changed since "
+        f"the cache was built ({what}); rebuild it with `rlrt cache` (same config) and --overwrite"
+    )
+
+
+def check_content(reader: SplitCacheReader, digest: str, stats: np.ndarray) -> None:
+    """Refuse (`CacheStaleError`) a split whose manifest's `content_sha256` differs from `digest`,
+    the dataset's as set up now; `stats` (`(M, 2)` sizes and mtimes) count the changed image
+    files. A cache built before the field existed is refused too."""
+    saved = reader.manifest.get(CONTENT_FIELD)
+    if saved is None:
+        raise CacheStaleError(
+            f"feature cache {reader.folder} has no {CONTENT_FIELD} (built by an older rlrt, "
+            "which did not record the dataset files' sizes and modification times); "
+            f"{REBUILD}"
+        )
+    if saved != digest:
+        raise CacheStaleError(
+            stale_message(reader.folder, changed_image_files(reader.folder, stats), len(stats))
+        )
+
+
+def changed_image_files(folder: Path, stats: np.ndarray) -> int | None:
+    """How many rows of `stats` differ from the split's stored `image_stats.npy` (None when it is
+    missing or of another shape)."""
+    try:
+        saved = np.load(Path(folder) / "image_stats.npy", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if saved.shape != stats.shape:
+        return None
+    return int((saved != stats).any(axis=1).sum())
 
 
 class CacheCorruptError(ValueError):
@@ -254,8 +310,11 @@ class SplitCacheWriter:
         sample_image_row: np.ndarray,
         num_images: int,
         shapes: Shapes,
+        image_stats: np.ndarray | None = None,
     ) -> None:
-        """Allocate every array, unless an identical build was started before (resume)."""
+        """Allocate every array, unless an identical build was started before (resume).
+        `image_stats` (`(M, 2)` sizes and mtimes of the image files) is stored to count the
+        files that changed when a stale cache is refused."""
         folder = Path(folder)
         build_file = folder / "build.json"
         if build_file.is_file() and _read_or_none(build_file) == build:
@@ -277,6 +336,8 @@ class SplitCacheWriter:
             array.flush()
             del array
         np.save(folder / "sample_image_row.npy", sample_image_row.astype(np.int64))
+        if image_stats is not None:
+            np.save(folder / "image_stats.npy", np.asarray(image_stats, dtype=np.int64))
         (folder / "ids.json").write_text(json.dumps(ids))
         atomic_write_json(build_file, build)  # last: the allocation is complete
 
@@ -471,7 +532,13 @@ class SplitCacheReader:
 def _check_manifest(manifest: dict[str, Any], where: Path) -> None:
     """The fields every manifest has, and the optional ones, of the right types."""
     required = {"format_version": int, "dtype": str, "encoders": dict, "complete": bool}
-    optional = {"num_samples": int, "token_pooling": dict, "ids_sha256": str, "split": str}
+    optional = {
+        "num_samples": int,
+        "token_pooling": dict,
+        "ids_sha256": str,
+        "split": str,
+        CONTENT_FIELD: str,
+    }
     for key, kind in {**required, **optional}.items():
         if key not in manifest:
             if key in required:

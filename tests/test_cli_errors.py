@@ -88,6 +88,16 @@ def test_unknown_key_on_the_command_line(in_tmp, args, capsys):
     assert "comon_dim" in message and "rlrt fit --help" in message
 
 
+@pytest.mark.parametrize("command", ["fit", "cache"])
+@pytest.mark.parametrize("form", ["separate", "joined"])
+def test_a_binary_config_file_is_named(in_tmp, args, capsys, command, form):
+    binary = in_tmp / "some.bin"
+    binary.write_bytes(b"\x89\xd9\xff\x00\xfe" + os.urandom(256))
+    config = ["--config", str(binary)] if form == "separate" else [f"--config={binary}"]
+    message = fails_in_one_line([command, *args, *config], capsys)
+    assert str(binary) in message and "not a UTF-8 YAML file" in message
+
+
 def test_unknown_key_in_a_config_file(in_tmp, args, capsys):
     typo = in_tmp / "typo.yaml"
     typo.write_text("data:\n  init_args:\n    batchsize: 5\n")
