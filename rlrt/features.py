@@ -36,6 +36,15 @@ class Features:
     def batch_size(self) -> int:
         return self.image_embedding.shape[0]
 
+    def non_finite_samples(self) -> Tensor:
+        """`(B,)` bool: the samples with a NaN or infinite value anywhere in their features."""
+        bad = ~torch.isfinite(self.image_embedding).all(-1) | ~torch.isfinite(
+            self.text_embedding
+        ).all(-1)
+        for tokens in (self.image_tokens, self.text_tokens):  # (L_s, B, N, D)
+            bad |= ~torch.isfinite(tokens).flatten(2).all(-1).all(0)
+        return bad
+
     def to(self, *args, **kwargs) -> Features:
         """Move or cast every tensor (masks keep their bool dtype)."""
         moved = {}

@@ -243,6 +243,15 @@ class RLRT(LightningModule):
         if "features" not in batch:
             return self.encode(batch)
         features = batch["features"]
+        # The cache is checked when opened on a sample of rows (`rlrt cache --verify` checks all):
+        # a bad row found here stops with its ids rather than a LinAlgError in L_CCA.
+        bad = features.non_finite_samples()
+        if bool(bad.any()):
+            ids = [batch["id"][i] for i in bad.nonzero().flatten().tolist()[:3]]
+            raise ValueError(
+                f"the feature cache holds NaN or infinite features for sample(s) {ids}; check it "
+                "with `rlrt cache ... --verify` and rebuild it with --overwrite"
+            )
         size = features.batch_size
         ones = torch.ones(size, dtype=torch.bool)
         image_absent = ~batch.get("image_present", ones).to(features.image_embedding.device)

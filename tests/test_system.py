@@ -292,3 +292,17 @@ def test_the_best_checkpoint_is_chosen_by_the_task_metric(
     logged = pd.read_csv(next((tmp_path / "log").rglob("metrics.csv")))[metric].dropna()
     assert len(logged) == 4
     assert callback.best_model_score.item() == pytest.approx(logged.max())
+
+
+def test_non_finite_cached_features_stop_with_the_sample_ids(image_encoder, text_encoder):
+    """A cache row the open-time sample missed: the ids and `--verify`, not a LinAlgError."""
+    model = make_model(image_encoder, text_encoder).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        features = model.encode(batch)
+    cached = {**batch, "features": features, "dummy_features": features}
+    assert model.features_of(cached).batch_size == 6  # finite: used as they are
+    features.text_tokens[1, 4, 0, 1] = float("nan")  # layer 1, sample s4
+    features.image_embedding[1, 0] = float("inf")  # sample s1
+    with pytest.raises(ValueError, match=r"sample\(s\) \['s1', 's4'\].*--verify"):
+        model.features_of(cached)
