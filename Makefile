@@ -25,7 +25,7 @@ test-all: install ## every test, slow ones included
 robustness: install ## missing-modality and noise grid of CKPT=<checkpoint> -> results/robustness/robustness.{csv,md,png}
 	$(OFFLINE) $(BIN)/rlrt robustness --ckpt_path "$(CKPT)" --output results/robustness $(ROBUSTNESS_ARGS)
 
-robustness-evidence: install ## RLRT vs late fusion vs modality dropout on the demo data, 3 training seeds x 2 protocol seeds (~15 min) -> docs/robustness/
+robustness-evidence: install ## RLRT vs late fusion vs modality dropout on the demo data, 3 training seeds x 2 protocol seeds (~20 min) -> docs/robustness/
 	$(OFFLINE) $(BIN)/rlrt compare --config configs/trainer/demo.yaml --config configs/data/demo.yaml --config configs/model/demo.yaml --trainer.max_epochs=40 --variants=full,late_fusion,modality_dropout --train_seeds=0,1,2 --seeds=0,1 --output=docs/robustness --workdir=results/evidence
 
 cca-evidence: install ## L_CCA's weight beta (0 = no_cca) x 3 training seeds on the demo data: held-out cca_corr and F1 (~10 min) -> docs/cca/beta.{md,csv}
