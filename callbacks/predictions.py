@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from rlrt.io import atomic_write_text
+from rlrt.engine.files import atomic_write_text
 
 
 def prediction_rows(

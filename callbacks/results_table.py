@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 from lightning import Callback
 
-from rlrt.io import atomic_write_text
+from rlrt.engine.files import atomic_write_text
 
 SKIPPED_HPARAMS = ("class_names", "_instantiator")
 

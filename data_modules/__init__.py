@@ -1,22 +1,21 @@
 """DataModules for image-text classification: a shared base, MM-IMDB, UPMC-Food101, SNLI-VE and
 synthetic demo data."""
 
-from .base import (
+from .base import ImageTextDataModule, ImageTextDataset, collate_samples
+from .demo import DemoMMIMDBDataModule
+from .fakes.demo import ensure_demo_dataset, write_demo_dataset
+from .food101 import FOOD101_CLASSES, Food101DataModule
+from .images import load_image
+from .mmimdb import MMIMDB_GENRES, MMIMDBDataModule
+from .pairs import PairsDataModule
+from .records import (
     BadSample,
     BadSampleError,
     DatasetNotFoundError,
-    ImageTextDataModule,
-    ImageTextDataset,
     Rejected,
     SampleRecord,
     SampleRejected,
-    collate_samples,
-    load_image,
 )
-from .demo import DemoMMIMDBDataModule, ensure_demo_dataset, write_demo_dataset
-from .food101 import FOOD101_CLASSES, Food101DataModule
-from .mmimdb import MMIMDB_GENRES, MMIMDBDataModule
-from .pairs import PairsDataModule
 from .snli_ve import SNLI_VE_LABELS, SNLIVEDataModule
 
 __all__ = [

@@ -30,24 +30,32 @@ Batch dict (docs/design.md, section 2), `B` samples, `S = image_size`, `C = num_
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from rlrt.io import atomic_write_json
+from rlrt.engine.files import atomic_write_json
 
+from .cached_batches import CachedBatches, cached_loader, open_cached_split
+from .images import IMAGE_ERRORS, load_image, probe_image
+from .reasons import one_line, os_reason, short_repr
+from .records import (
+    BadSample,
+    BadSampleError,
+    DatasetNotFoundError,
+    Rejected,
+    SampleRecord,
+    SampleRejected,
+)
 from .resumable import ResumableDataLoader
 
 log = logging.getLogger(__name__)
@@ -61,122 +69,8 @@ _STAGE_SPLITS = {
     "predict": ("test",),
     None: SPLITS,
 }
-_JPEG_TAIL = 1024  # bytes searched for the end-of-image marker
 BAD_SAMPLE_REPORT = "bad_samples.json"  # written into the run directory at setup
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-@dataclass
-class SampleRecord:
-    """One sample as read from disk, before decoding.
-
-    `label` is a list of class indices (multilabel) or one class index (multiclass).
-    `image_path=None` means the sample has no image (decoded as zeros, `image_present=False`).
-    """
-
-    id: str
-    image_path: Path | None
-    text: str
-    label: list[int] | int
-    text_present: bool = True  # False: the sample has no text (then `text` is "")
-
-
-class Rejected(NamedTuple):
-    """A sample a reader refused, with the reason ("kind: detail")."""
-
-    id: str
-    reason: str
-
-
-class BadSample(NamedTuple):
-    """A dropped sample as reported by the DataModule."""
-
-    split: str
-    id: str
-    reason: str
-
-
-class SampleRejected(Exception):
-    """Raised by reader helpers; readers turn it into a `Rejected` item."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class BadSampleError(ValueError):
-    """A bad sample met with `on_bad_sample="error"`."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset root or one of its required files is missing."""
-
-
-def load_image(path: Path, size: int, *, draft: bool = True) -> Tensor:
-    """Decode `path` to RGB, resize the shorter side to `size` (bicubic), centre-crop.
-
-    Returns uint8 `(3, size, size)`. Raises OSError (or another `_IMAGE_ERRORS`) on bad files.
-    `draft=False` turns off JPEG draft mode (benchmarks compare the two).
-    """
-    with Image.open(path) as img:
-        is_jpeg = img.format == "JPEG"
-        if draft and is_jpeg:
-            img.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
-        img = img.convert("RGB")
-        if is_jpeg and _grey_filled(img):
-            raise OSError(_GREY_FILL)
-        w, h = img.size
-        side = min(w, h)
-        left, top = (w - side) / 2, (h - side) / 2
-        # Resizing the centred square is resize-shorter-side-then-crop in one resampling pass.
-        img = img.resize(
-            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
-        )
-        array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)
-    # The copies are numpy's (one thread): torch's intra-op threads, idle-spinning beside a busy
-    # process, made the same copies 100x slower in a DataLoader without workers.
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (3, S, S)
-
-
-_GREY_FILL = (
-    "truncated (the bottom rows decode as the grey fill of missing JPEG data: the file was cut "
-    "and ends with an end-of-image marker)"
-)
-
-
-def _grey_filled(img: Image.Image) -> bool:
-    """Whether a decoded RGB JPEG ends in libjpeg's fill for missing scan data.
-
-    A JPEG cut in its scan data and closed by an end-of-image marker decodes without an error:
-    libjpeg zero-fills the missing blocks, which decode as exactly (128, 128, 128). A last row of
-    only that value, under a first row that is not, is taken as such a cut (a photo whose bottom
-    row is exactly uniform mid-grey is dropped too; a cut progressive JPEG is not caught).
-    """
-    w, h = img.size
-    if h < 2:
-        return False
-    last = np.asarray(img.crop((0, h - 1, w, h)))
-    if not (last == 128).all():
-        return False
-    return not (np.asarray(img.crop((0, 0, w, 1))) == 128).all()
-
-
-def probe_image(path: Path) -> str | None:
-    """Cheap image check: header parses; JPEGs end with the end-of-image marker.
-
-    Returns None when fine, else a reason ("unreadable image: ...").
-    """
-    try:
-        with Image.open(path) as img:
-            fmt = img.format
-        if fmt == "JPEG":
-            with open(path, "rb") as fh:
-                fh.seek(max(0, path.stat().st_size - _JPEG_TAIL))
-                if b"\xff\xd9" not in fh.read():
-                    return "unreadable image: truncated JPEG (no end-of-image marker)"
-    except _IMAGE_ERRORS as err:
-        return f"unreadable image: {_one_line(err)}"
-    return None
+MAX_REASON = 2000  # characters of a bad-sample reason (a pathological value can be huge)
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -246,8 +140,8 @@ class ImageTextDataset(Dataset):
             if rec.image_path not in decoded:
                 try:
                     decoded[rec.image_path] = load_image(rec.image_path, s)
-                except _IMAGE_ERRORS as err:
-                    decoded[rec.image_path] = f"unreadable image: {_one_line(err)}"
+                except IMAGE_ERRORS as err:
+                    decoded[rec.image_path] = f"unreadable image: {one_line(err)}"
                     if self.on_bad_sample == "error":
                         raise BadSampleError(
                             f"{self.split} sample {rec.id!r}: {decoded[rec.image_path]}"
@@ -477,8 +371,6 @@ class ImageTextDataModule(L.LightningDataModule):
         # A ragged last training batch would be the smallest one L_CCA ever sees.
         drop_last = shuffle and len(self.dataset(split)) > batch_size
         if self.feature_cache is not None:
-            from .cached import cached_loader
-
             return cached_loader(
                 self._cached_batches(split),
                 batch_size,
@@ -512,47 +404,11 @@ class ImageTextDataModule(L.LightningDataModule):
             why = "no samples were found in it (check the files, or run `rlrt inspect-data`)"
         return f"{self.dataset_name}: the {split} split under {self.root} is empty: {why}"
 
-    # ---- the feature cache -------------------------------------------------------------------
-
-    def cache_identity(self, split: str) -> dict[str, Any]:
-        """The data side of a cache manifest: which samples, in which order."""
-        from rlrt.feature_cache import ids_digest
-
-        ids = [r.id for r in self.dataset(split).records]
-        cls = type(self)
-        return {
-            "dataset": f"{cls.__module__}.{cls.__qualname__}",
-            "split": split,
-            "num_samples": len(ids),
-            "ids_sha256": ids_digest(ids),
-        }
-
-    def cache_sources(self, split: str):
-        """Distinct images and the texts of `split`, for `rlrt cache` (`cached.CacheSources`)."""
-        from .cached import cache_sources
-
-        return cache_sources(self.dataset(split).records, self.image_size, self.root)
-
-    def _cached_batches(self, split: str):
-        """The split's batches from the cache, opened (and checked) once."""
-        if split in self._cached:
-            return self._cached[split]
-        from rlrt.feature_cache import SplitCacheReader, check_content, check_fields
-
-        from .cached import CachedBatches, labels_tensor
-
-        reader = SplitCacheReader(self.feature_cache / split)
-        check_fields(reader.manifest, self.cache_identity(split), reader.folder)
-        from .cached import content_fingerprint
-
-        # the dataset's files edited in place under the same ids: one stat per image file
-        check_content(reader, *content_fingerprint(self.dataset(split).records, self.root))
-        dummy = SplitCacheReader(self.feature_cache / "dummy")
-        self.feature_cache_manifest = reader.manifest
-        records = self.dataset(split).records
-        labels = labels_tensor(records, self.task, self.num_classes)
-        text_present = torch.tensor([r.text_present for r in records], dtype=torch.bool)
-        self._cached[split] = CachedBatches(reader, dummy, labels, text_present)
+    def _cached_batches(self, split: str) -> CachedBatches:
+        """The split's batches from the feature cache, opened (and checked) once."""
+        if split not in self._cached:
+            self._cached[split] = open_cached_split(self, split)
+            self.feature_cache_manifest = self._cached[split].reader.manifest
         return self._cached[split]
 
     def _build(self, split: str) -> ImageTextDataset:
@@ -629,61 +485,17 @@ class ImageTextDataModule(L.LightningDataModule):
             return probe_image(path)
         try:
             load_image(path, self.image_size)
-        except _IMAGE_ERRORS as err:
-            return f"unreadable image: {_one_line(err)}"
+        except IMAGE_ERRORS as err:
+            return f"unreadable image: {one_line(err)}"
         return None
 
     def _reject(self, split: str, sample_id: str, reason: str) -> None:
-        reason = _one_line(reason)
-        if len(reason) > _MAX_REASON:
-            reason = reason[: _MAX_REASON - 3] + "..."
+        reason = one_line(reason)
+        if len(reason) > MAX_REASON:
+            reason = reason[: MAX_REASON - 3] + "..."
         if self.on_bad_sample == "error":
             raise BadSampleError(
                 f"{self.dataset_name} {split} sample {sample_id!r}: {reason} "
                 f"(on_bad_sample='skip' drops such samples and reports them)"
             )
         self.bad_samples.append(BadSample(split, str(sample_id), reason))
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-_MAX_REASON = 2000  # characters of a bad-sample reason (a pathological value can be huge)
-
-
-def short_repr(value: object, limit: int = 80) -> str:
-    """`repr(value)`, cut to `limit` characters (a value read from a file may be huge or nested
-    deeper than repr can go)."""
-    try:
-        text = repr(value)
-    except (RecursionError, ValueError):  # ValueError: an int past the digits limit
-        return f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def json_error(err: BaseException) -> str:
-    """Why JSON text did not load, in a few words (RecursionError and the int-digits limit say
-    little of the JSON by themselves)."""
-    if isinstance(err, RecursionError):
-        return "nested too deeply"
-    if isinstance(err, UnicodeDecodeError):
-        return f"not UTF-8 text (byte {err.start})"
-    if "integer string conversion" in str(err):
-        return "an integer with too many digits"
-    return _one_line(err)
-
-
-def path_reason(err: OSError | ValueError, path: Path) -> str:
-    """The reason for a sample whose file `path` the OS refused: an id or name that cannot be a
-    file name ("invalid id") or a file that cannot be read ("unreadable file")."""
-    bad_name = not isinstance(err, OSError) or err.errno == errno.ENAMETOOLONG
-    kind = "invalid id" if bad_name else "unreadable file"
-    return f"{kind}: {os_reason(err)}: {path!s}"
-
-
-def os_reason(err: BaseException) -> str:
-    """What went wrong with a path, without repeating the (possibly very long) path."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror  # "File name too long"
-    return _one_line(err)  # "embedded null byte"

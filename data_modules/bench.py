@@ -26,10 +26,10 @@ from typing import Any
 import PIL
 import torch
 
-from rlrt.io import atomic_write_json
+from rlrt.engine.files import atomic_write_json
 
-from .base import load_image
 from .fakes import write_fake_mmimdb
+from .images import load_image
 from .mmimdb import MMIMDBDataModule
 
 

@@ -43,14 +43,9 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
-from .base import (
-    ImageTextDataModule,
-    Rejected,
-    SampleRecord,
-    SampleRejected,
-    Task,
-    path_reason,
-)
+from .base import ImageTextDataModule, Task
+from .reasons import path_reason
+from .records import Rejected, SampleRecord, SampleRejected
 
 log = logging.getLogger(__name__)
 

@@ -25,16 +25,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from .base import (
-    ImageTextDataModule,
-    Rejected,
-    SampleRecord,
-    SampleRejected,
-    Task,
-    json_error,
-    path_reason,
-    short_repr,
-)
+from .base import ImageTextDataModule, Task
+from .reasons import json_error, path_reason, short_repr
+from .records import Rejected, SampleRecord, SampleRejected
 
 log = logging.getLogger(__name__)
 

@@ -28,17 +28,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from rlrt.checkpoints import read_checkpoint
+from rlrt.engine.checkpoints import read_checkpoint
 
-from .base import (
-    ImageTextDataModule,
-    Rejected,
-    SampleRecord,
-    Task,
-    json_error,
-    os_reason,
-    short_repr,
-)
+from .base import ImageTextDataModule, Task
+from .reasons import json_error, os_reason, short_repr
+from .records import Rejected, SampleRecord
 
 PAIR_KEYS = ("image", "text", "id")
 

@@ -8,10 +8,10 @@ same batches, in the same order, as a run that was never interrupted.
   fed one generator would instead give epoch `e` the permutation after `e` draws, which a resumed
   process cannot reproduce.
 - `ResumableDataLoader` has `state_dict` / `load_state_dict` (the epoch and the batches yielded so
-  far in it), stored with every checkpoint and restored on a mid-epoch restart (by Lightning, and
-  by `rlrt.resume.ExactResume` where Lightning misses it); the next iteration then starts where
-  the checkpoint was taken. Lightning does not prefetch from a loader with a length, so "yielded"
-  is "trained on" when a checkpoint is written.
+  far in it), stored with every checkpoint and restored on a mid-epoch restart (by Lightning,
+  and by `rlrt.engine.resume.ExactResume` where Lightning misses it); the next iteration then
+  starts where the checkpoint was taken. Lightning does not prefetch from a loader with a length,
+  so "yielded" is "trained on" when a checkpoint is written.
 - The loader's own generator (worker seeds) is reseeded from `(seed, epoch)` at every iteration,
   and the global RNG is never drawn from.
 """

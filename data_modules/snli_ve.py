@@ -30,17 +30,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from .base import (
-    ImageTextDataModule,
-    Rejected,
-    SampleRecord,
-    SampleRejected,
-    Task,
-    json_error,
-    os_reason,
-    path_reason,
-    short_repr,
-)
+from .base import ImageTextDataModule, Task
+from .reasons import json_error, os_reason, path_reason, short_repr
+from .records import Rejected, SampleRecord, SampleRejected
 
 SNLI_VE_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 IMAGE_ID_KEYS: tuple[str, ...] = ("Flikr30kID", "Flickr30K_ID", "Flickr30kID")

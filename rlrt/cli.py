@@ -1,287 +1,86 @@
-"""The `rlrt` command: a LightningCLI (`fit`, `validate`, `test`, `predict`) plus `demo`.
+"""The `rlrt` command: Lightning's `fit`, `validate`, `test`, `predict`
+(`rlrt.engine.lightning_cli`) and the project's own commands (`rlrt.commands`).
 
-Configs compose in order (`--config trainer.yaml --config data.yaml --config model.yaml`); values
-that must agree are typed once and linked: the image size flows from the image encoder to the data
-module, the number of classes, the task type and the class names from the data module to the model.
+Only this small module loads for `rlrt --help`; a command's module (and torch with it) is imported
+when the command runs.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
-import warnings
-from pathlib import Path
 
-from jsonargparse import ArgumentParser, Namespace
-from lightning import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (the method: `--config configs/model/rlrt.yaml`)",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split (writes metrics.json)",
+    "predict": "classify new image-text pairs with a checkpoint",
+}
 
-from rlrt.checkpoints import find_intact_last_checkpoint, read_checkpoint
-from rlrt.errors import command_name, run_reporting_errors, split_debug_flag
-from rlrt.io import atomic_write_json
-from rlrt.losses import check_cca_window
-from rlrt.resume import ExactResume, SaveOnTerminate
-from rlrt.run_dir import (
-    NoOverwriteSaveConfig,
-    last_checkpoint_folders,
-    last_checkpoint_folders_of_config,
-    refuse_used_run_dir,
-)
-from rlrt.system import RLRT
-
-
-class RLRTCLI(LightningCLI):
-    """LightningCLI for `RLRT` with any `LightningDataModule` by `class_path`.
-
-    Reliability (see README, "Reliability"):
-    - parse errors raise `ArgumentError` (`main` prints them as one line) instead of a usage dump;
-    - every run writes into a new run directory and refuses to reuse one (`NoOverwriteSaveConfig`);
-    - `--ckpt_path last` is the newest intact `last*.ckpt` of any earlier run of the logger's
-      directory (a resumed run gets its own directory; a truncated one is skipped, saying so);
-      a `fit` stopped by SIGTERM saves `last.ckpt` first and exits with 143; checkpoints load
-      with `weights_only=True` and are checked (readable, digest, encoders, head) before
-      anything runs;
-    - the RNG states and the loader's position travel with checkpoints (`ExactResume`), so a
-      resumed `fit` continues exactly as an uninterrupted one;
-    - the config decides the model: Lightning's merging of a checkpoint's hyperparameters into
-      the config is off, and a checkpoint that disagrees with the config is refused.
-    """
-
-    _intact_checkpoint: str | None = None  # the `--ckpt_path last` found, read intact
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("model_class", RLRT)
-        kwargs.setdefault("datamodule_class", LightningDataModule)
-        kwargs.setdefault("subclass_mode_data", True)
-        kwargs.setdefault("save_config_callback", NoOverwriteSaveConfig)
-        kwargs["parser_kwargs"] = {"exit_on_error": False, **(kwargs.get("parser_kwargs") or {})}
-        defaults = dict(kwargs.get("trainer_defaults") or {})
-        callbacks = defaults.get("callbacks") or []
-        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        defaults["callbacks"] = [*callbacks, ExactResume(), SaveOnTerminate()]
-        kwargs["trainer_defaults"] = defaults
-        super().__init__(*args, **kwargs)
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments(
-            "model.image_encoder.init_args.image_size", "data.init_args.image_size"
-        )
-        for name in ("num_classes", "task", "class_names"):
-            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
-        parser.add_argument(
-            "--layer_pairs",
-            type=int | None,
-            default=None,
-            help="number of layer pairs L_s: sets both encoders' `layers` to this count "
-            "(one key for sweeps); unset, each encoder's own `layers` applies",
-        )
-
-    def parse_arguments(self, parser, args) -> None:
-        """Lightning's, without its warning that `args` and `sys.argv` are both given: the
-        commands here (`rlrt demo`, `rlrt compare`, ...) build their runs from their own argument
-        lists on purpose, under their own command line."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            try:
-                super().parse_arguments(parser, args)
-            except UnicodeDecodeError as err:
-                raise ValueError(_undecodable_config(args, err)) from err
-
-    def before_instantiate_classes(self) -> None:
-        """Apply `layer_pairs` to both encoders; for `predict`, give a data module that reads its
-        classes from a checkpoint (an init arg `checkpoint` left unset) the `--ckpt_path`."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        _refuse_linked_model_values(config)
-        model = config.get("model")
-        if model is not None and model.get("common_dim") is not None:
-            # Before the encoders load (a 7B text model takes minutes): the model would refuse too.
-            check_cca_window(
-                common_dim=model.common_dim,
-                window=model.cca_window,
-                beta=model.beta,
-                allow=model.cca_allow_degenerate,
-            )
-        pairs = config.get("layer_pairs")
-        if pairs is not None:
-            for side in ("image_encoder", "text_encoder"):
-                config.model[side].init_args.layers = pairs
-        init_args = config.get("data", {}).get("init_args")
-        if self.subcommand == "predict" and init_args is not None and "checkpoint" in init_args:
-            if init_args.checkpoint is None:
-                if config.get("ckpt_path") == "last":  # resolved now: the data needs the file
-                    config.ckpt_path = self._last_checkpoint(
-                        last_checkpoint_folders_of_config(config.trainer)
-                    )
-                init_args.checkpoint = config.ckpt_path
-
-    def _parse_ckpt_path(self) -> None:
-        """Off: Lightning would overwrite the config's model with the checkpoint's
-        hyperparameters, silently. Here the config decides, and `RLRT.on_load_checkpoint`
-        refuses a checkpoint that does not fit it, naming the field."""
-
-    def after_instantiate_classes(self) -> None:
-        """Refuse a used run directory, resolve `--ckpt_path last`, default `weights_only` to
-        True, and read the checkpoint once (truncated, corrupted or pickled files fail here, in
-        one line, before any work)."""
-        if not self.subcommand:
-            return
-        if self.save_config_callback is not None:
-            refuse_used_run_dir(self.trainer)  # before the data module writes its report there
-        config = self.config_init[self.subcommand]
-        if "weights_only" in config and config.weights_only is None:
-            config.weights_only = True
-        if config.get("ckpt_path") == "last":
-            config.ckpt_path = self._last_checkpoint()
-        if config.get("ckpt_path") not in (None, "best", "hpc", self._intact_checkpoint):
-            read_checkpoint(config.ckpt_path)  # `last` was read when it was chosen
-
-    def _last_checkpoint(self, folders: list[Path] | None = None) -> str | None:
-        folders = last_checkpoint_folders(self.trainer) if folders is None else folders
-        found, skipped = find_intact_last_checkpoint(folders)
-        passed = "; ".join(f"{path} ({why})" for path, why in skipped)
-        if found is not None:
-            self._intact_checkpoint = str(found)
-            rank_zero_info(
-                f"--ckpt_path last: {found}" + (f", skipping the newer {passed}" if skipped else "")
-            )
-            return str(found)
-        where = ", ".join(str(f) for f in folders[:3]) or "the logger's directory (none yet)"
-        if skipped:
-            where += f" that reads intact (skipped {passed})"
-        if self.subcommand == "fit":
-            rank_zero_info(f"--ckpt_path last: no last checkpoint in {where}; starting afresh")
-            return None
-        raise FileNotFoundError(
-            f"--ckpt_path last: no last checkpoint in {where}; run `rlrt fit` with this config "
-            "first, or give the path of a checkpoint"
-        )
-
-    def after_test(self) -> None:
-        """Write the test metrics to `metrics.json` in the run directory (beside config.yaml),
-        and the perturbation protocol in effect (callbacks with a `protocol()`, e.g.
-        `MissingModality`, `ModalityNoise`) to `protocol.json`."""
-        metrics = {
-            key: float(value)
-            for key, value in self.trainer.callback_metrics.items()
-            if key.startswith("test/")
-        }
-        self.test_metrics = metrics
-        protocol = {"missing_strategy": getattr(self.model, "missing_strategy", None)}
-        for callback in self.trainer.callbacks:
-            if callable(getattr(callback, "protocol", None)):
-                protocol.update(callback.protocol(self.model))
-        self.test_protocol = protocol
-        log_dir = self.trainer.log_dir
-        if log_dir is not None and self.trainer.is_global_zero:
-            atomic_write_json(Path(log_dir) / "metrics.json", metrics)
-            atomic_write_json(Path(log_dir) / "protocol.json", protocol)
-
-
-# Commands beyond Lightning's own: name -> "module:function(argv)". Each takes the same
-# --config / --data.* / --model.* arguments as `fit`, plus options of its own.
-EXTRA_COMMANDS = {
-    "demo": "rlrt.demo:run_demo",
-    "robustness": "rlrt.robustness:run_robustness",
-    "robustness-report": "rlrt.robustness_report:run_report",
-    "fit-test": "rlrt.fit_test:run_fit_test",
-    "ablations": "rlrt.ablations:run_ablations",
-    "compare": "rlrt.compare:run_compare",
-    "reproduce-table1": "rlrt.reproduce:run_reproduce_table1",
-    "cache": "rlrt.cache:run_cache",
-    "bench": "rlrt.bench:run_bench",
-    "inspect-data": "rlrt.inspect_data:run_inspect_data",
+# name -> (module in rlrt.commands, function taking argv, one line of help). Imported on use only,
+# so that `rlrt --help` and every command's own `--help` start in a second.
+COMMANDS = {
+    "demo": ("demo", "run_demo", "train, test and plot RLRT on generated data in about a minute"),
+    "fit-test": ("fit_then_test", "run_fit_test", "fit, then test the best checkpoint"),
+    "cache": ("cache", "run_cache", "encode a dataset once with the frozen encoders"),
+    "robustness": (
+        "robustness",
+        "run_robustness",
+        "test a checkpoint under missing and noisy modalities (table, CSV, figure)",
+    ),
+    "robustness-report": (
+        "robustness_report",
+        "run_report",
+        "combine robustness.csv files of several models into one table and figure",
+    ),
+    "compare": ("compare", "run_compare", "train RLRT and baselines, then compare robustness"),
+    "ablations": ("ablations", "run_ablations", "run the ablation grid, one run per variant"),
+    "reproduce-table1": (
+        "reproduce",
+        "run_reproduce_table1",
+        "train and test on the three datasets; print Table 1 beside the paper's",
+    ),
+    "inspect-data": ("inspect_data", "run_inspect_data", "check a dataset's files and samples"),
+    "bench": ("bench", "run_bench", "measure speed and memory (writes figures to files)"),
 }
 
 
-def _undecodable_config(args: list[str] | None, err: UnicodeDecodeError) -> str:
-    """One line naming the file among `args` (`--config FILE`, `--config=FILE`, or a file given
-    to any option) that is not UTF-8 text; jsonargparse's own error names no file."""
-    given = sys.argv[1:] if args is None else args
-    values = [a.split("=", 1)[1] if a.startswith("--") and "=" in a else a for a in given]
-    for value in values:
-        path = Path(value)
-        try:
-            if path.is_file():
-                path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as bad:
-            return (
-                f"config file {path} is not a UTF-8 YAML file (byte 0x{bad.object[bad.start]:02x} "
-                f"at offset {bad.start} is not UTF-8 text); pass a YAML config"
-            )
-        except (OSError, ValueError):
-            continue
-    return f"a config file is not a UTF-8 YAML file ({err.reason} at offset {err.start})"
-
-
-def parse_only(args: list[str]) -> Namespace:
-    """Parse `--config` files and overrides with the real parser and links, building nothing."""
-    return _ParseOnlyCLI(args=args, run=False).config
-
-
-def instantiate_group(config: Namespace, group: str, base: type) -> object:
-    """Build one `class_path` group (e.g. `data`) of a parsed config, leaving the others alone."""
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(base, group)
-    parsed = parser.parse_object({group: config[group].as_dict()})
-    return parser.instantiate_classes(parsed)[group]
-
-
-class _ParseOnlyCLI(RLRTCLI):
-    def instantiate_classes(self) -> None:
-        pass
-
-
-def _refuse_linked_model_values(config: Namespace) -> None:
-    """A config file may set `model.num_classes` (the command line may not); the data module's
-    value would silently replace it, so say so instead."""
-    model = config.get("model")
-    for name in ("num_classes", "task", "class_names"):
-        if model is not None and model.get(name) is not None:
-            raise ValueError(
-                f"model.{name}={model.get(name)!r} is set in the config, but {name} comes from "
-                f"the data module (data.{name}); remove model.{name} from the config"
-            )
+def usage() -> str:
+    """`rlrt --help`: every command with one line."""
+    width = max(map(len, [*LIGHTNING_COMMANDS, *COMMANDS])) + 2
+    lines = ["usage: rlrt COMMAND [--config FILE ...] [options]   (rlrt COMMAND --help)", ""]
+    lines += [f"  {name:<{width}}{text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += [f"  {name:<{width}}{text}" for name, (_, _, text) in COMMANDS.items()]
+    lines += ["", "--debug (anywhere): show the traceback of an error"]
+    return "\n".join(lines)
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: Lightning's subcommands, plus the extra commands above.
+    """Console entry point.
 
     A user error (bad config, missing data or model, unusable checkpoint, ...) ends with one line
     `rlrt: error: ...` on stderr and exit status 2; `--debug` anywhere shows the traceback.
     """
     argv = list(sys.argv[1:] if args is None else args)
-    _drop_lightning_advert()
-    commands = [*LightningCLI.subcommands(), *EXTRA_COMMANDS]
+    if [a for a in argv if a != "--debug"][:1] in ([], ["-h"], ["--help"]):
+        print(usage())
+        return
+    # here, not at the top: it imports Lightning, which `rlrt --help` does not need
+    from rlrt.engine.errors import command_name, run_reporting_errors, split_debug_flag
+
+    commands = [*LIGHTNING_COMMANDS, *COMMANDS]
     run_reporting_errors(_dispatch, argv, command_name(split_debug_flag(argv)[0], commands))
 
 
-class _NoAdvert(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
-
-
-def _drop_lightning_advert() -> None:
-    """Lightning logs a product tip at every Trainer start (five times in `rlrt demo`): the
-    console commands leave it out; everything else it logs stays."""
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _NoAdvert) for f in logger.filters):
-        logger.addFilter(_NoAdvert())
-
-
 def _dispatch(argv: list[str]) -> None:
-    if argv[:1] and argv[0] in EXTRA_COMMANDS:
-        module_name, function_name = EXTRA_COMMANDS[argv[0]].split(":")
-        getattr(importlib.import_module(module_name), function_name)(argv[1:])
-        return
-    if argv[:1] in (["-h"], ["--help"]):
-        print(f"extra commands: {', '.join(EXTRA_COMMANDS)} (each with --help)")
-        print("--debug (anywhere): show the traceback of an error\n")
-    with warnings.catch_warnings():
-        # argv is passed explicitly (without --debug); Lightning warns when sys.argv has more.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        RLRTCLI(args=argv)
+    from rlrt.engine.lightning_cli import drop_lightning_advert, run_lightning_command
+
+    drop_lightning_advert()
+    if argv[0] in COMMANDS:
+        module, function, _ = COMMANDS[argv[0]]
+        getattr(importlib.import_module(f"rlrt.commands.{module}"), function)(argv[1:])
+    else:
+        run_lightning_command(argv)
 
 
 if __name__ == "__main__":

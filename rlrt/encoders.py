@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from rlrt.engine.fingerprint import file_fingerprint, folder_fingerprint, hub_snapshot_commit
 from rlrt.features import (
     last_token,
     masked_mean,
@@ -26,7 +27,6 @@ from rlrt.features import (
     pool_text_tokens,
     select_layers,
 )
-from rlrt.fingerprint import file_fingerprint, folder_fingerprint, hub_snapshot_commit
 
 # Where a tap reads the token states, recorded in the identities: caches and checkpoints made when
 # a decoder's last text tap was post-final-norm (transformers' `hidden_states[-1]`) are refused.

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from rlrt.checkpoints import add_digest, check_same, verify_digest
+from rlrt.cache.format import check_fields
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
-from rlrt.feature_cache import check_fields
+from rlrt.engine.checkpoints import add_digest, check_same, verify_digest
 from rlrt.features import Features
 from rlrt.losses import RunningCCALoss, check_cca_window
 from rlrt.metrics import HeldOutCorrelation, make_metrics

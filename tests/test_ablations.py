@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from callbacks.results_table import append_row, flatten
-from rlrt.ablations import command_parts, expand_grid, results_table_path
 from rlrt.cli import main
-from rlrt.loggers import WandbLogger, wandb_account_configured
+from rlrt.commands.ablations import command_parts, expand_grid, results_table_path
+from rlrt.engine.loggers import WandbLogger, wandb_account_configured
 from tests.test_cli import demo_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def test_the_shipped_sweep_is_a_wandb_grid_over_existing_variants():
     assert results_table_path(fixed) == Path("results/ablations/runs.csv")
     loggers = next(a for a in fixed if a.startswith("--trainer.logger="))
     classes = [x["class_path"] for x in json.loads(loggers.partition("=")[2])]
-    assert classes == ["lightning.pytorch.loggers.CSVLogger", "rlrt.loggers.WandbLogger"]
+    assert classes == ["lightning.pytorch.loggers.CSVLogger", "rlrt.engine.loggers.WandbLogger"]
 
 
 def test_expand_grid_is_the_cartesian_product_in_file_order():
@@ -100,7 +100,7 @@ def test_ablations_run_the_grid_and_collect_one_table(
         "init_args": {"eval_rate": 0.5, "eval_type": "both", "seed": 2},
     }
     wandb = {
-        "class_path": "rlrt.loggers.WandbLogger",
+        "class_path": "rlrt.engine.loggers.WandbLogger",
         "init_args": {"project": "test", "save_dir": str(tmp_path)},
     }
     shipped = yaml.safe_load(SWEEP.read_text())

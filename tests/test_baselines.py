@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlrt.cli import RLRTCLI, parse_only
+from rlrt.engine.lightning_cli import RLRTCLI, parse_only
 from rlrt.system import RLRT
 from tests.test_cli import demo_args
 from tests.test_system import fit_steps, make_batch, make_model

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlrt.bench import EpochTimer, fill_random_rows, run_bench, to_markdown
+from rlrt.commands.bench import EpochTimer, fill_random_rows, run_bench, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 ISSUE_KEYS = {

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from data_modules import DemoMMIMDBDataModule
-from rlrt.cache import run_cache
-from rlrt.cli import main
-from rlrt.feature_cache import (
+from rlrt.cache.format import (
     LOCK_NAME,
     CacheBusyError,
     CacheCorruptError,
@@ -20,6 +18,8 @@ from rlrt.feature_cache import (
     cache_write_lock,
     verify_split,
 )
+from rlrt.cli import main
+from rlrt.commands.cache import run_cache
 from tests.test_cli import demo_args
 
 

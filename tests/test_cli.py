@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlrt.cli import RLRTCLI, main
+from rlrt.cli import main
+from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.tiny_encoders import tiny_encoder_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,10 +116,10 @@ def test_config_families_parse_with_the_cli_parser(trainer, data, model):
 def test_console_commands_drop_only_lightnings_product_tip(caplog):
     import logging
 
-    from rlrt.cli import _drop_lightning_advert
+    from rlrt.engine.lightning_cli import drop_lightning_advert
 
-    _drop_lightning_advert()
-    _drop_lightning_advert()  # idempotent: one filter
+    drop_lightning_advert()
+    drop_lightning_advert()  # idempotent: one filter
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     assert len(logger.filters) == 1
     with caplog.at_level(logging.INFO, logger=logger.name):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from data_modules.fakes import write_fake_food101, write_fake_mmimdb, write_fake_snli_ve
-from rlrt.cli import RLRTCLI
+from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.tiny_encoders import tiny_encoder_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlrt.checkpoints import add_digest
-from rlrt.cli import RLRTCLI, main
-from rlrt.errors import one_line, parse_error_line, split_debug_flag, user_error_message
+from rlrt.cli import main
+from rlrt.engine.checkpoints import add_digest
+from rlrt.engine.errors import one_line, parse_error_line, split_debug_flag, user_error_message
+from rlrt.engine.lightning_cli import RLRTCLI
 from tests.test_cli import demo_args as cli_demo_args
 
 REPO = Path(__file__).resolve().parents[1]

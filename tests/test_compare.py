@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from rlrt.cli import main
-from rlrt.compare import run_compare
+from rlrt.commands.compare import run_compare
 from tests.test_cli import CONFIGS, demo_args
 
 

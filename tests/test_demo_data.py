@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from data_modules import MMIMDB_GENRES, DemoMMIMDBDataModule, MMIMDBDataModule
-from data_modules.demo import (
+from data_modules.fakes.demo import (
     BOTH,
     IMAGE_ONLY,
     KEYWORDS,

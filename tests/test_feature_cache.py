@@ -12,10 +12,10 @@ from lightning import Callback, Trainer, seed_everything
 
 from data_modules import DemoMMIMDBDataModule
 from data_modules.base import SampleRecord
-from data_modules.cached import image_table
-from rlrt.cache import run_cache
+from rlrt.cache.content import image_table
+from rlrt.cache.format import CacheMismatchError, SplitCacheReader
+from rlrt.commands.cache import run_cache
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
-from rlrt.feature_cache import CacheMismatchError, SplitCacheReader
 from rlrt.system import RLRT
 from tests.test_cli import demo_args
 

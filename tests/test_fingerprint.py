@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
-from rlrt.fingerprint import file_fingerprint, folder_fingerprint
+from rlrt.engine.fingerprint import file_fingerprint, folder_fingerprint
 
 
 def test_a_small_file_is_hashed_whole(tmp_path):

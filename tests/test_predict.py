@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from data_modules.pairs import PairsDataModule, read_rows
-from rlrt.cli import RLRTCLI, main
+from rlrt.cli import main
+from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.tiny_encoders import tiny_encoder_args
 from tests.test_cli import CONFIGS, demo_args
 

@@ -16,14 +16,14 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from rlrt.checkpoints import (
+from rlrt.engine.checkpoints import (
     CheckpointWriteError,
     RunCheckpoint,
     find_intact_last_checkpoint,
     read_checkpoint,
 )
-from rlrt.cli import RLRTCLI
-from rlrt.errors import TERMINATED, user_error_message
+from rlrt.engine.errors import TERMINATED, user_error_message
+from rlrt.engine.lightning_cli import RLRTCLI
 from tests.test_resume import fit_args, run_rlrt, train_losses
 
 TERM_STEP = 5  # 4 batches per epoch: the signal comes during step 5, the second of epoch 1
@@ -45,7 +45,7 @@ trainer:
         save_dir: runs
         name: rlrt
   callbacks:
-    - class_path: rlrt.checkpoints.RunCheckpoint
+    - class_path: rlrt.engine.checkpoints.RunCheckpoint
       init_args:
         save_last: true
 """
@@ -138,7 +138,7 @@ def test_ckpt_path_last_skips_a_truncated_newest_checkpoint(tmp_path, monkeypatc
     assert skipped == [(truncated, "truncated or corrupted")]
 
     said = []
-    monkeypatch.setattr("rlrt.cli.rank_zero_info", said.append)
+    monkeypatch.setattr("rlrt.engine.lightning_cli.rank_zero_info", said.append)
     cli = SimpleNamespace(subcommand="fit")
     assert RLRTCLI._last_checkpoint(cli, [older, newer]) == str(older / "last.ckpt")
     assert said == [

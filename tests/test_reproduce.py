@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from rlrt.cli import main
-from rlrt.published import PUBLISHED_TABLE1
+from rlrt.reports.published import PUBLISHED_TABLE1
 from tests.test_cli import CONFIGS
 
 VARIABLES = ("MMIMDB_ROOT", "FOOD101_ROOT", "SNLIVE_ROOT", "CLIP_PRETRAINED", "TEXT_MODEL")

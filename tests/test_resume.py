@@ -18,9 +18,10 @@ from lightning import LightningModule, Trainer
 from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
 
 from data_modules.resumable import EpochShuffleSampler, ResumableDataLoader
-from rlrt.checkpoints import RunCheckpoint
-from rlrt.cli import RLRTCLI, main
-from rlrt.resume import capture_rng_state, restore_rng_state
+from rlrt.cli import main
+from rlrt.engine.checkpoints import RunCheckpoint
+from rlrt.engine.lightning_cli import RLRTCLI
+from rlrt.engine.resume import capture_rng_state, restore_rng_state
 from rlrt.tiny_encoders import tiny_encoder_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ trainer:
         save_dir: runs
         name: rlrt
   callbacks:
-    - class_path: rlrt.checkpoints.RunCheckpoint
+    - class_path: rlrt.engine.checkpoints.RunCheckpoint
       init_args:
         save_last: true
         every_n_train_steps: {CHECKPOINT_EVERY}
@@ -221,7 +222,7 @@ def test_test_with_ckpt_path_last_uses_the_newest_run(runs, monkeypatch):
     monkeypatch.chdir(runs["resumed_run"].parents[2])
     before = snapshot(runs["resumed_run"].parent)
     said = []
-    monkeypatch.setattr("rlrt.cli.rank_zero_info", said.append)
+    monkeypatch.setattr("rlrt.engine.lightning_cli.rank_zero_info", said.append)
     main(["test", *runs["args"], "--ckpt_path", "last"])
     assert said == [f"--ckpt_path last: {Path('runs/rlrt/version_1/checkpoints/last.ckpt')}"]
     after = snapshot(runs["resumed_run"].parent)
@@ -373,7 +374,7 @@ def test_a_checkpoint_of_another_world_size_resumes_with_rank_0s_rng_and_says_so
     import warnings
     from types import SimpleNamespace
 
-    from rlrt.resume import ExactResume
+    from rlrt.engine.resume import ExactResume
 
     torch.manual_seed(1)
     rank0 = capture_rng_state()

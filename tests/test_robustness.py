@@ -6,10 +6,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rlrt.cache import run_cache
-from rlrt.cli import RLRTCLI, main
-from rlrt.robustness import Setting, build_grid, evaluate_grid
-from rlrt.robustness_report import COLUMNS, headline, markdown, read_results, summarize
+from rlrt.cli import main
+from rlrt.commands.cache import run_cache
+from rlrt.commands.robustness import Setting, build_grid, evaluate_grid
+from rlrt.engine.lightning_cli import RLRTCLI
+from rlrt.reports.robustness import COLUMNS, headline, markdown, read_results, summarize
 from tests.test_cli import demo_args
 
 

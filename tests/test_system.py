@@ -265,7 +265,7 @@ def test_the_best_checkpoint_is_chosen_by_the_task_metric(
     accuracy otherwise, never the loss (which carries beta * L_CCA)."""
     from lightning.pytorch.loggers import CSVLogger
 
-    from rlrt.checkpoints import RunCheckpoint
+    from rlrt.engine.checkpoints import RunCheckpoint
 
     model = make_model(image_encoder, text_encoder, task=task, num_classes=4, lr=5e-2)
     batches = []

@@ -15,15 +15,15 @@ import yaml
 from PIL import Image
 
 from data_modules import MMIMDBDataModule
-from rlrt.checkpoints import (
+from rlrt.cli import main
+from rlrt.encoders import FrozenTextEncoder
+from rlrt.engine.checkpoints import (
     CheckpointError,
     add_digest,
     find_last_checkpoint,
     read_checkpoint,
     verify_digest,
 )
-from rlrt.cli import main
-from rlrt.encoders import FrozenTextEncoder
 from rlrt.system import RLRT
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -108,7 +108,9 @@ def test_cli_runs_lightning_with_weights_only(
         seen.update(kwargs)
 
     monkeypatch.setattr(Trainer, "test", recording_test)
-    monkeypatch.setattr("rlrt.cli.read_checkpoint", lambda path: {})  # no checkpoint needed
+    monkeypatch.setattr(
+        "rlrt.engine.lightning_cli.read_checkpoint", lambda path: {}
+    )  # no checkpoint needed
     monkeypatch.chdir(tmp_path)
     argv = ["test", *demo_args(tmp_path, tiny_vit_config, tiny_llama_dir)]
     main([*argv, "--ckpt_path", str(tmp_path / "some.ckpt")])

@@ -7,6 +7,7 @@ Each writer takes the dataset root to create and returns what a reader must make
 """
 
 from .common import FakeDataset, jpeg_bytes
+from .demo import ensure_demo_dataset, write_demo_dataset
 from .food101 import write_fake_food101
 from .mmimdb import FakeMMIMDB, write_fake_mmimdb
 from .snli_ve import write_fake_snli_ve
@@ -14,8 +15,10 @@ from .snli_ve import write_fake_snli_ve
 __all__ = [
     "FakeDataset",
     "FakeMMIMDB",
+    "ensure_demo_dataset",
     "jpeg_bytes",
     "write_fake_food101",
     "write_fake_mmimdb",
+    "write_demo_dataset",
     "write_fake_snli_ve",
 ]

@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from rlrt.checkpoints import save_checkpoint_atomically
+from rlrt.engine.checkpoints import save_checkpoint_atomically
 
 
 def capture_rng_state() -> dict[str, Any]:

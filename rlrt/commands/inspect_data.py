@@ -25,7 +25,7 @@ from typing import Any
 
 from lightning import LightningDataModule
 
-from rlrt.cli import instantiate_group, parse_only
+from rlrt.engine.lightning_cli import instantiate_group, parse_only
 
 SPLITS = ("train", "val", "test")
 

@@ -3,7 +3,8 @@
 For each dataset: build the feature cache (the frozen encoders run once), fit with each seed,
 test the best checkpoint with complete data and at 70% missing image / text / both (protocol
 seed 0, the model's missing strategy), then write `table1.md` and `table1.csv` into the output
-folder: our numbers as mean ± std over the seeds, beside the published rows (`rlrt.published`).
+folder: our numbers as mean ± std over the seeds, beside the published rows
+(`rlrt.reports.published`).
 Every run is an ordinary `rlrt cache` / `fit` / `test` on the shipped configs.
 
 Inputs come from environment variables (a `make` command line sets them: `make
@@ -37,9 +38,13 @@ from typing import Any
 
 import pandas as pd
 
-from rlrt.io import atomic_write_text
-from rlrt.published import PUBLISHED_NOTES, PUBLISHED_TABLE1, TABLE1_COLUMNS
-from rlrt.robustness import Evaluator, Setting
+from rlrt.commands.cache import run_cache
+from rlrt.commands.fit_then_test import best_checkpoint
+from rlrt.commands.robustness import Evaluator, Setting
+from rlrt.engine.files import atomic_write_text
+from rlrt.engine.lightning_cli import RLRTCLI, instantiate_group, parse_only
+from rlrt.reports.published import PUBLISHED_NOTES, PUBLISHED_TABLE1, TABLE1_COLUMNS
+from rlrt.tiny_encoders import tiny_encoder_args, write_tiny_llama, write_tiny_vit_config
 
 MISSING_RATE = 0.7
 PROTOCOL_SEED = 0
@@ -115,7 +120,6 @@ def _call(spec: str, *args: Any, **kwargs: Any) -> Any:
 
 def smoke_inputs(workdir: Path, datasets: list[Table1Dataset]) -> tuple[dict[str, Path], list[str]]:
     """Write fake datasets and tiny encoders under `workdir`; return roots and model arguments."""
-    from rlrt.tiny_encoders import tiny_encoder_args, write_tiny_llama, write_tiny_vit_config
 
     roots = {}
     for dataset in datasets:
@@ -179,8 +183,6 @@ def check_datasets(run_args: dict[str, list[str]]) -> None:
     """Read every split of every dataset (the readers' own checks) before any training."""
     from lightning import LightningDataModule
 
-    from rlrt.cli import instantiate_group, parse_only
-
     problems = []
     for key, args in run_args.items():
         try:
@@ -200,9 +202,6 @@ def run_dataset(
     dataset: Table1Dataset, args: list[str], seeds: list[int], workdir: Path
 ) -> list[dict[str, Any]]:
     """Cache, fit each seed, test the four settings; one row per (seed, setting, metric)."""
-    from rlrt.cache import run_cache
-    from rlrt.cli import RLRTCLI
-    from rlrt.fit_test import best_checkpoint
 
     cached = [*args, f"--data.init_args.feature_cache={workdir / 'cache' / dataset.key}"]
     run_cache(cached)

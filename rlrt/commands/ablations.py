@@ -29,7 +29,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from rlrt.io import atomic_write_text
+from rlrt.cli import main
+from rlrt.engine.files import atomic_write_text
 from rlrt.metrics import is_reported
 
 SEED_KEYS = ("seed_everything",)
@@ -155,7 +156,6 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
 
 
 def run_ablations(argv: list[str]) -> pd.DataFrame:
-    from rlrt.cli import main
 
     parser = argparse.ArgumentParser(
         prog="rlrt ablations",

@@ -15,9 +15,9 @@ import json
 import math
 from pathlib import Path
 
-from rlrt.cache import run_cache
-from rlrt.cli import RLRTCLI
-from rlrt.io import atomic_write_json
+from rlrt.commands.cache import run_cache
+from rlrt.engine.files import atomic_write_json
+from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.metrics import is_reported
 
 DEMO_EPOCHS = 40

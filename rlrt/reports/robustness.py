@@ -8,13 +8,12 @@ A results frame has one row per (model, setting, seed, metric): the columns of `
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
 import pandas as pd
 
-from rlrt.io import atomic_write_bytes, atomic_write_text
+from rlrt.engine.files import atomic_write_bytes, atomic_write_text
 
 COLUMNS = [
     "model",
@@ -231,19 +230,3 @@ def read_results(paths: list[str | Path]) -> pd.DataFrame:
             raise ValueError(f"{path} is not a robustness.csv: no column(s) {missing}")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-def run_report(argv: list[str]) -> Path:
-    """`rlrt robustness-report CSV [CSV ...] --output DIR [--metric NAME]`."""
-    parser = argparse.ArgumentParser(
-        prog="rlrt robustness-report",
-        description="Combine robustness.csv files (e.g. RLRT and a baseline) into one table "
-        "and figure: robustness.csv, robustness.md and robustness.png in --output.",
-    )
-    parser.add_argument("inputs", nargs="+", help="robustness.csv files written by rlrt robustness")
-    parser.add_argument("--output", required=True, help="folder for the combined files")
-    parser.add_argument("--metric", default=None, help="metric to plot (default: f1_macro or acc)")
-    args = parser.parse_args(argv)
-    output = write_report(read_results(args.inputs), args.output, args.metric)
-    print(f"wrote {output / 'robustness.md'} and {output / 'robustness.png'}")
-    return output

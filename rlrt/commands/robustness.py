@@ -14,7 +14,7 @@ attached, so the frozen encoders are loaded once. Perturbation callbacks of the 
 dropped (`--trainer.callbacks=[]`): the grid sets the perturbation. Settings at rate 0 or level 0
 are the clean setting and are evaluated once. The test metrics are written into `--output`:
 `robustness.csv` (one row per setting and metric, protocol columns included), `robustness.md`
-and `robustness.png` (see `rlrt.robustness_report`); each build's `rlrt test` run keeps its
+and `robustness.png` (see `rlrt.reports.robustness`); each build's `rlrt test` run keeps its
 config.yaml, metrics.json and raw test logs in `OUTPUT/runs/robustness/version_N`.
 
 With a feature cache in the config, the missing-modality grid runs on the cached features (the
@@ -37,8 +37,9 @@ import pandas as pd
 from lightning.pytorch.cli import instantiate_class
 from tqdm.auto import tqdm
 
+from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.metrics import is_reported
-from rlrt.robustness_report import COLUMNS, write_report
+from rlrt.reports.robustness import COLUMNS, write_report
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,6 @@ class Evaluator:
     def __init__(
         self, cli_args: list[str], checkpoint: str, strategy: str | None, fraction: float
     ) -> None:
-        from rlrt.cli import RLRTCLI
 
         self.cli = RLRTCLI(args=["test", *cli_args, "--ckpt_path", checkpoint])
         self.checkpoint = checkpoint

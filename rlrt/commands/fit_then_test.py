@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlrt.cli import RLRTCLI, parse_only
+from rlrt.commands.cache import run_cache
+from rlrt.engine.lightning_cli import RLRTCLI, parse_only
 
 
 def best_checkpoint(trainer: Any) -> str:
@@ -50,7 +51,6 @@ def cache_folder(root: Path, argv: list[str]) -> Path:
 def with_cache(root: Path, argv: list[str]) -> list[str]:
     """`argv` reading from its feature cache under `root` (`cache_folder`), built first when it
     is not complete yet (`rlrt cache` skips complete splits)."""
-    from rlrt.cache import run_cache
 
     argv = [*argv, f"--data.init_args.feature_cache={cache_folder(root, argv)}"]
     run_cache([*argv, "--trainer.callbacks=[]"])  # the run's callbacks are not for caching

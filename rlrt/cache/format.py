@@ -28,7 +28,7 @@ Opening a split checks what is cheap: the manifest's fields, that every array fi
 shape and dtype the others imply, that `sample_image_row` is in range, and that a few sampled rows
 are finite. `verify_split` (`rlrt cache --verify`) checks every row.
 
-The manifest's `content_sha256` (`data_modules.cached.content_fingerprint`) hashes what the
+The manifest's `content_sha256` (`rlrt.cache.content.content_fingerprint`) hashes what the
 features depend on: every sample's text and the size and modification time of its image file.
 Training from the cache recomputes it (one `stat` per image file, no decoding) and refuses a cache
 whose dataset files changed since it was built (`check_content`).
@@ -52,8 +52,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rlrt.engine.files import atomic_write_json
 from rlrt.features import Features
-from rlrt.io import atomic_write_json
 
 FORMAT_VERSION = 1
 STORAGE_DTYPE = np.float16

@@ -1,24 +1,17 @@
-"""`rlrt cache`: run the frozen encoders once per split and store the pooled Features.
+"""Build a feature cache: run the frozen encoders once per split and store the pooled Features.
 
-Same `--config` / `--data.*` / `--model.*` / `--trainer.*` arguments as `fit`; the cache goes to
-`--data.init_args.feature_cache DIR` (or `--cache_dir DIR`). Runs through `trainer.predict`, so
-`--trainer.strategy ddp --trainer.devices N` shards the samples across processes; every process
-writes its rows into the same memory-mapped files and the global-rank-0 process writes the
-manifests. A killed build resumes where it stopped: rows are flagged done only once flushed, and a
-rerun skips them without decoding or encoding them again.
-
-The global-rank-0 process holds an exclusive lock on the cache folder for the whole command: a
-second `rlrt cache` into the same folder refuses at once. A split found complete is opened (the
-cheap checks of `SplitCacheReader`); `--verify` checks every row of every split it names.
+Runs through `trainer.predict`, so a distributed trainer shards the samples across processes;
+every process writes its rows into the same memory-mapped files and the global-rank-0 process
+writes the manifests. A killed build resumes where it stopped: rows are flagged done only once
+flushed, and a rerun skips them without decoding or encoding them again. The command around it
+(arguments, the lock, the per-split loop) is `rlrt.commands.cache`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +21,14 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
-from rlrt.feature_cache import (
+from rlrt.cache.format import (
     CONTENT_FIELD,
-    FORMAT_VERSION,
     CacheCorruptError,
     CacheMismatchError,
     CacheStaleError,
     Shapes,
     SplitCacheReader,
     SplitCacheWriter,
-    cache_write_lock,
     changed_image_files,
     first_difference,
     load_array,
@@ -46,6 +36,7 @@ from rlrt.feature_cache import (
     stale_message,
     verify_split,
 )
+from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 
 SPLITS = ("train", "val", "test")
 
@@ -329,143 +320,3 @@ def build_split(
 
 def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-
-
-@dataclass
-class CacheBuildReport:
-    """What `rlrt cache` did: the cache folder, and for each split it encoded (not the ones found
-    complete) the samples and the seconds spent reading and encoding them. The seconds exclude
-    building the CLI, loading the encoders and the dummy inputs, which happen once per command."""
-
-    folder: Path
-    samples: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def run_cache(argv: list[str]) -> CacheBuildReport:
-    """Entry point of `rlrt cache`."""
-    parser = argparse.ArgumentParser(
-        prog="rlrt cache",
-        description=__doc__,
-        epilog="All other arguments are those of `rlrt fit` (--config, --data.*, --model.*, ...).",
-    )
-    parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits")
-    parser.add_argument("--cache_dir", default=None, help="overrides data.feature_cache")
-    parser.add_argument("--batch_size", type=int, default=None, help="default: the data's")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a cache built for another config, or a damaged one",
-    )
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="check every row of every split named (and the dummy inputs): finite values, "
-        "index ranges, shapes; the first bad file and row ends the command",
-    )
-    args, rest = parser.parse_known_args(argv)
-
-    from rlrt.cli import parse_only
-
-    configured = parse_only(rest).data.init_args.get("feature_cache")
-    cache_dir = args.cache_dir or configured
-    if not cache_dir:
-        raise ValueError(
-            "rlrt cache needs a destination: --data.init_args.feature_cache DIR (or --cache_dir)"
-        )
-    cache_dir = Path(cache_dir)
-    # one writer per folder: a second `rlrt cache` refuses before loading anything (the other
-    # ranks of a distributed run are this command's own processes, they take no lock)
-    lock = cache_write_lock(cache_dir) if global_rank() == 0 else contextlib.nullcontext()
-    with lock:
-        return _build_cache(args, rest, cache_dir)
-
-
-def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> CacheBuildReport:
-    from rlrt.cli import RLRTCLI
-
-    cli = RLRTCLI(
-        args=[*rest, "--data.init_args.feature_cache=null", "--trainer.logger=false"],
-        run=False,
-        save_config_callback=None,
-    )
-    model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
-    writer = RowWriter(cache_dir)
-    trainer.callbacks.append(writer)
-    extractor = FeatureExtractor(model.image_encoder, model.text_encoder)
-    shapes = shapes_of(model.image_encoder, model.text_encoder)
-    encoders = {
-        "format_version": FORMAT_VERSION,
-        "dtype": "float16",
-        "encoders": model.encoder_identity(),
-    }
-    built = set()  # folders encoded by this command (the others were checked by `claim`)
-    if global_rank() == 0 and claim(cache_dir / "dummy", encoders, args.overwrite, args.verify):
-        built.add("dummy")
-        build_dummy(cache_dir / "dummy", model.image_encoder, model.text_encoder, shapes, encoders)
-    datamodule.prepare_data()
-    batch_size = args.batch_size or getattr(datamodule, "eval_batch_size", 32)
-    report = CacheBuildReport(cache_dir)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    for split in splits:
-        start = time.perf_counter()
-        sources = datamodule.cache_sources(split)
-        build = {
-            **encoders,
-            **datamodule.cache_identity(split),
-            CONTENT_FIELD: sources.content_sha256,
-            "root": str(datamodule.root),
-            "token_pooling": {
-                "image_tokens": shapes.image_tokens,
-                "text_tokens": shapes.text_tokens,
-            },
-        }
-        writer.start(cache_dir / split)
-        if global_rank() == 0:
-            needed = claim(
-                cache_dir / split, build, args.overwrite, args.verify, sources.image_stats
-            )
-        else:  # the same decision, without touching files (rank 0 owns them)
-            try:
-                needed = not is_complete(cache_dir / split, build)
-            except CacheCorruptError:  # rank 0 refuses, or replaces it with --overwrite
-                needed = True
-        if not needed:
-            print(f"rlrt cache: {split}: complete already -> {cache_dir / split}")
-            continue
-        build_split(
-            trainer,
-            extractor,
-            sources,
-            cache_dir / split,
-            build=build,
-            shapes=shapes,
-            batch_size=batch_size,
-            num_workers=getattr(datamodule, "num_workers", 0),
-        )
-        built.add(split)
-        seconds = time.perf_counter() - start
-        report.samples[split], report.seconds[split] = len(sources.ids), seconds
-        if trainer.world_size > 1:  # which process did what: each encodes its shard
-            print(
-                f"rlrt cache: {split}: rank {trainer.global_rank} of {trainer.world_size} "
-                f"encoded {writer.written['images']} images and {writer.written['texts']} texts",
-                flush=True,
-            )
-        if trainer.is_global_zero:
-            size = folder_size(cache_dir / split) / 2**20
-            print(
-                f"rlrt cache: {split}: {len(sources.ids)} samples, {len(sources.image_paths)} "
-                f"images, {size:.1f} MiB, {seconds:.1f} s -> {cache_dir / split}"
-            )
-    if args.verify and trainer.is_global_zero:
-        checked = [
-            verify_split(cache_dir / name) if name in built else SplitCacheReader(cache_dir / name)
-            for name in ("dummy", *splits)
-        ]
-        rows = sum(len(r) + len(r.image_tokens) for r in checked)
-        print(
-            f"rlrt cache: verify: ok: {', '.join(r.folder.name for r in checked)}: "
-            f"{rows} sample and image rows, all finite and in range -> {cache_dir}"
-        )
-    return report

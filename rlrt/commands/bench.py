@@ -41,7 +41,13 @@ import numpy as np
 import torch
 from lightning import Callback
 
-from rlrt.io import atomic_write_json, atomic_write_text
+from rlrt.cache.content import cache_identity
+from rlrt.cache.format import Shapes, SplitCacheWriter
+from rlrt.cache.sources import split_sources
+from rlrt.commands.cache import run_cache
+from rlrt.engine.files import atomic_write_json, atomic_write_text
+from rlrt.engine.lightning_cli import RLRTCLI
+from rlrt.tiny_encoders import tiny_encoder_args, write_tiny_llama, write_tiny_vit_config
 
 SCALING_SIZES = (1000, 4000, 16000)
 CACHED_EPOCHS = 6  # the first warms the page cache; the median of the others is reported
@@ -84,8 +90,6 @@ class EpochTimer(Callback):
 def encoder_args(size: str, scratch: Path) -> list[str]:
     """CLI overrides selecting the encoders of one benchmark size."""
     if size == "tiny":
-        from rlrt.tiny_encoders import tiny_encoder_args, write_tiny_llama, write_tiny_vit_config
-
         vit = write_tiny_vit_config(scratch)
         llama = write_tiny_llama(scratch / "tiny-llama")
         return tiny_encoder_args(vit, llama, common_dim=None)
@@ -114,7 +118,7 @@ def common_args(configs: Path, root: Path, movies: int, train_samples: int) -> l
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         "--trainer.limit_val_batches=0",
-        "--trainer.callbacks=rlrt.bench.EpochTimer",
+        "--trainer.callbacks=rlrt.commands.bench.EpochTimer",
     ]
 
 
@@ -139,7 +143,6 @@ def bare_encoder_rate(model, dataset, batch_size: int) -> float:
 
 
 def fit_once(args: list[str], epochs: int = 1):
-    from rlrt.cli import RLRTCLI
 
     cli = RLRTCLI(args=["fit", *args, f"--trainer.max_epochs={epochs}"], save_config_callback=None)
     timer = next(c for c in cli.trainer.callbacks if isinstance(c, EpochTimer))
@@ -158,8 +161,6 @@ def fill_random_rows(array: np.ndarray, rng: np.random.Generator, chunk_mb: int 
 
 def fill_random_cache(cache: Path, source: Path, root_args: list[str]) -> None:
     """A cache of `root_args`' train and val splits, random features shaped like `source`'s."""
-    from rlrt.cli import RLRTCLI
-    from rlrt.feature_cache import Shapes, SplitCacheWriter
 
     manifest = json.loads((source / "train" / "manifest.json").read_text())
 
@@ -181,10 +182,10 @@ def fill_random_cache(cache: Path, source: Path, root_args: list[str]) -> None:
     data.prepare_data()
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
-        sources = data.cache_sources(split)
+        sources = split_sources(data, split)
         build = {
             **{k: manifest[k] for k in ("format_version", "dtype", "encoders")},
-            **data.cache_identity(split),
+            **cache_identity(data, split),
             "content_sha256": sources.content_sha256,
             "root": str(data.root),
             "benchmark": "random",
@@ -228,7 +229,6 @@ def measure(
 def _measure(
     size: str, configs: Path, samples: int, scaling: tuple[int, ...], scratch: Path
 ) -> dict[str, Any]:
-    from rlrt.cache import run_cache
 
     movies = int(samples / 0.7) + 20
     base = common_args(configs, scratch / "data", movies, samples) + encoder_args(size, scratch)

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlrt.robustness_report import headline, read_results, write_report
+from rlrt.commands.fit_then_test import best_checkpoint, with_cache
+from rlrt.commands.robustness import run_robustness
+from rlrt.engine.lightning_cli import RLRTCLI
+from rlrt.reports.robustness import headline, read_results, write_report
 
 GRID_OPTIONS = ("seeds", "rates", "types", "noise_levels", "noise_modalities", "strategy")
 
@@ -64,9 +67,6 @@ def variant_configs(names: list[str], folder: Path) -> dict[str, Path]:
 
 def run_compare(argv: list[str]) -> pd.DataFrame:
     """Fit and evaluate every (variant, training seed); returns the combined results frame."""
-    from rlrt.cli import RLRTCLI
-    from rlrt.fit_test import best_checkpoint, with_cache
-    from rlrt.robustness import run_robustness
 
     args, rest = parse_args(argv)
     output = Path(args.output)

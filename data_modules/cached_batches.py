@@ -1,0 +1,119 @@
+"""Training and evaluation batches read from the feature cache (`rlrt cache`) instead of decoded
+and encoded: whole batches of rows, gathered with one fancy index per memory-mapped array."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rlrt.cache.content import cache_identity, content_fingerprint
+from rlrt.cache.format import SplitCacheReader, check_content, check_fields
+
+from .records import SampleRecord
+from .resumable import ResumableDataLoader
+
+if TYPE_CHECKING:
+    from .base import ImageTextDataModule
+
+
+def open_cached_split(datamodule: ImageTextDataModule, split: str) -> CachedBatches:
+    """The batches of `split` from `datamodule.feature_cache`, after checking that the cache was
+    built for these samples (ids, order) and that their files did not change since.
+
+    Raises `CacheMismatchError` (or its `CacheStaleError`) naming the cache folder otherwise.
+    """
+    records = datamodule.dataset(split).records
+    reader = SplitCacheReader(datamodule.feature_cache / split)
+    check_fields(reader.manifest, cache_identity(datamodule, split), reader.folder)
+    # the dataset's files edited in place under the same ids: one stat per image file
+    check_content(reader, *content_fingerprint(records, datamodule.root))
+    dummy = SplitCacheReader(datamodule.feature_cache / "dummy")
+    labels = labels_tensor(records, datamodule.task, datamodule.num_classes)
+    text_present = torch.tensor([r.text_present for r in records], dtype=torch.bool)
+    return CachedBatches(reader, dummy, labels, text_present)
+
+
+class CachedBatches(Dataset):
+    """Whole batches from the cache: the DataLoader's batched fetch (`__getitems__`) returns a
+    batch dict, reading each array once per batch.
+
+    Batch dict: `features` (`Features` of `B` samples, float16 as stored: the model casts them
+    to its own dtype on its device, so a GPU receives half the bytes), `dummy_features`
+    (`Features` of one sample: the dummy inputs), `label`, `id`, `image_present`,
+    `text_present` (bool `(B,)`).
+    """
+
+    def __init__(
+        self,
+        reader: SplitCacheReader,
+        dummy: SplitCacheReader,
+        labels: torch.Tensor,
+        text_present: torch.Tensor,
+    ) -> None:
+        self.reader = reader
+        self.dummy = dummy
+        self.labels = labels  # (N, C) float32 multi-hot or (N,) int64
+        self.text_present = text_present  # (N,) bool: False where the record has no text
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        return self.__getitems__([row])
+
+    def __getitems__(self, rows: list[int]) -> dict[str, Any]:
+        index = np.asarray(rows, dtype=np.int64)
+        features, has_image = self.reader.gather(index)
+        dummy, _ = self.dummy.gather(np.zeros(1, dtype=np.int64))
+        return {
+            "features": features,
+            "dummy_features": dummy,
+            "label": self.labels[torch.from_numpy(index)],
+            "id": [self.reader.ids[i] for i in rows],
+            "image_present": has_image,
+            "text_present": self.text_present[torch.from_numpy(index)],
+        }
+
+
+def labels_tensor(records: list[SampleRecord], task: str, num_classes: int) -> torch.Tensor:
+    """`(N, C)` float32 multi-hot (multilabel) or `(N,)` int64 labels in record order."""
+    if task == "multilabel":
+        labels = torch.zeros(len(records), num_classes, dtype=torch.float32)
+        for index, record in enumerate(records):
+            labels[index, list(record.label)] = 1.0
+        return labels
+    return torch.tensor([int(r.label) for r in records], dtype=torch.int64)
+
+
+def _already_batched(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+def cached_loader(
+    batches: CachedBatches,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    drop_last: bool,
+) -> DataLoader:
+    """A plain DataLoader (so Lightning can shard it across devices) whose sampler, generator and
+    batching are those of the online loader: the same samples arrive in the same batches.
+
+    Batches are read in the main process: a worker process would have to send every batch's tens
+    of MB back through shared memory, and a background reading thread was measured slower on 2
+    cores (it competes with the step's own threads).
+    """
+    loader_class = ResumableDataLoader if shuffle else DataLoader  # as the online loader
+    return loader_class(
+        batches,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        collate_fn=_already_batched,
+        num_workers=0,
+    )

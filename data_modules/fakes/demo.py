@@ -1,0 +1,406 @@
+"""Synthetic MM-IMDB (same on-disk layout) whose genres are split between the two modalities.
+
+Each modality alone carries only part of the label information, so fusing them should help:
+
+- `IMAGE_ONLY` genres are drawn on the poster and have no keywords in the plot,
+- `TEXT_ONLY` genres have plot keywords and nothing on the poster,
+- `BOTH` genres have both.
+
+Posters (default 96x144 px, JPEG): a noisy dark-grey background, 1-3 neutral-grey distractor
+shapes, and for each image-visible genre of the movie one element with a unique colour, a unique
+cell of a 4x4 grid and a shape (circle, square, triangle, stripes). The grid covers the central
+square of the poster, the part a resize-shorter-side + centre-crop keeps; each cell is 1/16 of it,
+big enough to survive the random features of an untrained, frozen ViT. An element is omitted
+with probability 0.1.
+
+Plots: 12-24 filler words from a label-independent vocabulary plus, per text-visible genre, 1-3
+of its five English keywords (each omitted with probability 0.15); 5% of plots get one decoy
+keyword of a genre the movie does not have. A quarter of the movies have a second plot.
+
+Genres: 1-4 per movie; the first cycles through a shuffled list of all 23 (so every genre
+occurs, about `num_movies / 23` times as first genre), the others follow MM-IMDB-like frequencies
+with a few boosted co-occurring pairs. Everything is a pure function of `seed`.
+
+`demo_meta.json` in the root records the grouping, keywords, poster elements and, per movie,
+its genres, the genres drawn on its poster (`image_genres`) and, per plot, the genres whose
+keywords it holds (`text_genres`) and its decoys (`decoys`).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..mmimdb import MMIMDB_GENRES
+
+GENERATOR_VERSION = 1
+META_FILE = "demo_meta.json"
+
+IMAGE_ONLY = ("Horror", "Sci-Fi", "Fantasy", "Animation", "Western", "War", "Sport", "Film-Noir")
+TEXT_ONLY = (
+    "Crime",
+    "Mystery",
+    "Documentary",
+    "Biography",
+    "History",
+    "Music",
+    "Musical",
+    "Family",
+)
+BOTH = ("Drama", "Comedy", "Romance", "Thriller", "Action", "Adventure", "Short")
+IMAGE_VISIBLE = tuple(g for g in MMIMDB_GENRES if g not in TEXT_ONLY)  # 15, pinned order
+TEXT_VISIBLE = tuple(g for g in MMIMDB_GENRES if g not in IMAGE_ONLY)  # 15, pinned order
+
+KEYWORDS: dict[str, tuple[str, ...]] = {
+    "Drama": ("grief", "struggle", "betrayal", "redemption", "sacrifice"),
+    "Comedy": ("hilarious", "prank", "clumsy", "jokes", "mishap"),
+    "Romance": ("love", "kiss", "wedding", "sweetheart", "passion"),
+    "Thriller": ("suspense", "hostage", "conspiracy", "paranoia", "stalker"),
+    "Action": ("explosion", "gunfight", "commando", "mercenary", "showdown"),
+    "Adventure": ("expedition", "treasure", "jungle", "voyage", "quest"),
+    "Short": ("vignette", "sketch", "minutes", "snapshot", "brief"),
+    "Crime": ("gangster", "robbery", "detective", "heist", "mafia"),
+    "Mystery": ("clue", "riddle", "disappearance", "puzzle", "enigma"),
+    "Documentary": ("interviews", "footage", "archival", "filmmaker", "chronicles"),
+    "Biography": ("memoir", "biographical", "childhood", "legacy", "autobiography"),
+    "History": ("empire", "medieval", "revolution", "dynasty", "century"),
+    "Music": ("band", "guitar", "concert", "album", "singer"),
+    "Musical": ("dance", "broadway", "songs", "chorus", "choreography"),
+    "Family": ("kids", "parents", "puppy", "grandmother", "siblings"),
+}
+FILLER = (
+    "a",
+    "the",
+    "an",
+    "man",
+    "woman",
+    "young",
+    "old",
+    "town",
+    "city",
+    "house",
+    "road",
+    "night",
+    "day",
+    "morning",
+    "evening",
+    "finds",
+    "meets",
+    "learns",
+    "decides",
+    "returns",
+    "leaves",
+    "must",
+    "after",
+    "before",
+    "when",
+    "while",
+    "with",
+    "his",
+    "her",
+    "their",
+    "friend",
+    "stranger",
+    "neighbor",
+    "job",
+    "car",
+    "letter",
+    "phone",
+    "money",
+    "years",
+    "summer",
+    "winter",
+    "river",
+    "village",
+    "office",
+    "school",
+    "hotel",
+    "train",
+    "window",
+    "door",
+    "doctor",
+    "teacher",
+    "writer",
+    "brother",
+    "sister",
+    "and",
+    "but",
+    "soon",
+    "never",
+    "again",
+    "home",
+    "street",
+    "week",
+    "plan",
+    "name",
+    "boat",
+    "bridge",
+    "garden",
+    "market",
+    "station",
+)
+SHAPES = ("circle", "square", "triangle", "stripes")
+GRID = 4
+# Rough MM-IMDB genre counts, the weights of a movie's extra genres.
+FREQUENCY = dict(
+    zip(
+        MMIMDB_GENRES,
+        (
+            13967,
+            8592,
+            5364,
+            5192,
+            3838,
+            3550,
+            2710,
+            2703,
+            2082,
+            2057,
+            1991,
+            1933,
+            1668,
+            1343,
+            1335,
+            1143,
+            1045,
+            997,
+            841,
+            705,
+            634,
+            471,
+            338,
+        ),
+    )
+)
+PARTNERS = {  # extra-genre weight x3 when the partner is already drawn
+    "Romance": ("Comedy", "Drama"),
+    "Crime": ("Thriller", "Drama"),
+    "Action": ("Adventure",),
+    "Adventure": ("Action", "Fantasy"),
+    "Horror": ("Thriller", "Mystery"),
+    "Sci-Fi": ("Action",),
+    "Animation": ("Family", "Comedy"),
+    "Biography": ("History", "Drama"),
+    "War": ("History",),
+    "Music": ("Musical",),
+    "Film-Noir": ("Crime",),
+}
+
+
+def _element_spec() -> dict[str, dict[str, Any]]:
+    """Colour (RGB), grid cell (row, col) and shape of each image-visible genre."""
+    spec = {}
+    for i, genre in enumerate(IMAGE_VISIBLE):
+        r, g, b = colorsys.hsv_to_rgb(i / len(IMAGE_VISIBLE), 1.0, 1.0 if i % 2 == 0 else 0.7)
+        cell = (i * 7) % (GRID * GRID)  # 7 is coprime with 16: distinct cells, hues spread out
+        spec[genre] = {
+            "colour": [round(255 * r), round(255 * g), round(255 * b)],
+            "cell": [cell // GRID, cell % GRID],
+            "shape": SHAPES[i % len(SHAPES)],
+        }
+    return spec
+
+
+def _draw_genres(rng: random.Random, order: list[str]) -> list[str]:
+    n = rng.choices((1, 2, 3, 4), weights=(0.3, 0.35, 0.23, 0.12))[0]
+    genres = [order.pop()]
+    while len(genres) < n:
+        pool = [g for g in MMIMDB_GENRES if g not in genres]
+        weights = [
+            FREQUENCY[g] * (3 if set(PARTNERS.get(g, ())) & set(genres) else 1) for g in pool
+        ]
+        genres.append(rng.choices(pool, weights=weights)[0])
+    return genres
+
+
+def _plot(rng: random.Random, genres: list[str]) -> tuple[str, list[str], list[str]]:
+    """One plot; returns (text, genres whose keywords it holds, decoy genres)."""
+    words = [rng.choice(FILLER) for _ in range(rng.randint(12, 24))]
+    shown, decoys = [], []
+    for genre in genres:
+        if genre not in KEYWORDS:
+            continue
+        picked = [w for w in rng.sample(KEYWORDS[genre], rng.randint(1, 3)) if rng.random() > 0.15]
+        if picked:
+            shown.append(genre)
+        for word in picked:
+            words.insert(rng.randrange(len(words) + 1), word)
+    if rng.random() < 0.05:
+        decoy = rng.choice([g for g in TEXT_VISIBLE if g not in genres])
+        decoys.append(decoy)
+        words.insert(rng.randrange(len(words) + 1), rng.choice(KEYWORDS[decoy]))
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + ".", shown, decoys
+
+
+def _shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, ...], fill: tuple) -> None:
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    else:  # three horizontal stripes
+        h = (y1 - y0) / 5
+        for k in (0, 2, 4):
+            draw.rectangle((x0, y0 + k * h, x1, y0 + (k + 1) * h), fill=fill)
+
+
+def _poster(
+    rng: random.Random,
+    nrng: np.random.Generator,
+    genres: list[str],
+    spec: dict[str, dict[str, Any]],
+    size: tuple[int, int],
+) -> tuple[Image.Image, list]:
+    """One poster `size=(W, H)`; returns (image, genres drawn on it)."""
+    w, h = size
+    base = nrng.integers(30, 100)
+    pixels = base + nrng.normal(0.0, 12.0, (h, w, 1)) + nrng.normal(0.0, 4.0, (h, w, 3))
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(1, 3)):  # neutral-grey distractors, anywhere
+        s = rng.uniform(0.1, 0.3) * w
+        x, y = rng.uniform(0, w - s), rng.uniform(0, h - s)
+        grey = rng.randint(90, 200)
+        _shape(draw, rng.choice(SHAPES), (x, y, x + s, y + s), (grey, grey, grey))
+    side = min(w, h)
+    ox, oy, cell = (w - side) / 2, (h - side) / 2, side / GRID
+    drawn = []
+    for genre in genres:
+        if genre not in spec or rng.random() < 0.1:
+            continue
+        row, col = spec[genre]["cell"]
+        s = cell * rng.uniform(0.85, 1.0)
+        x = ox + col * cell + rng.uniform(0, cell - s)
+        y = oy + row * cell + rng.uniform(0, cell - s)
+        _shape(draw, spec[genre]["shape"], (x, y, x + s, y + s), tuple(spec[genre]["colour"]))
+        drawn.append(genre)
+    return img, drawn
+
+
+def write_demo_dataset(
+    root: str | Path,
+    *,
+    num_movies: int = 1500,
+    seed: int = 0,
+    image_size: tuple[int, int] = (96, 144),
+) -> dict[str, Any]:
+    """Write a synthetic MM-IMDB under `root` (must not exist or be empty); returns its metadata.
+
+    Layout: `split.json` (train/dev/test ~ 70/10/20), `dataset/<7-digit id>.json` (`plot`,
+    `genres`, `title`, `year`, `director`), `dataset/<id>.jpeg` posters of `image_size = (W, H)`,
+    and `demo_meta.json`. Deterministic in `seed`. Written to a temporary sibling folder and
+    renamed into place, so a half-written dataset never appears at `root`.
+    """
+    root = Path(root)
+    if num_movies < 3:
+        raise ValueError(f"num_movies must be >= 3 (one per split), got {num_movies}")
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    spec = _element_spec()
+    ids = [f"{i:07d}" for i in rng.sample(range(100_000, 5_000_000), num_movies)]
+    order: list[str] = []
+    movies: dict[str, dict[str, Any]] = {}
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        (tmp / "dataset").mkdir()
+        for movie_id in ids:
+            if not order:  # every genre once per cycle of 23 movies, in a seeded order
+                order = rng.sample(MMIMDB_GENRES, len(MMIMDB_GENRES))
+            genres = _draw_genres(rng, order)
+            plots, shown, decoys = [], [], []
+            for _ in range(2 if rng.random() < 0.25 else 1):
+                text, s, d = _plot(rng, genres)
+                plots.append(text)
+                shown.append(s)
+                decoys.append(d)
+            poster, drawn = _poster(rng, nrng, genres, spec, image_size)
+            poster.save(tmp / "dataset" / f"{movie_id}.jpeg", quality=90)
+            record = {
+                "title": " ".join(rng.sample(FILLER, 3)).title(),
+                "year": rng.randint(1930, 2015),
+                "director": f"Person {rng.randint(1, 500)}",
+                "plot": plots,
+                "genres": genres,
+            }
+            (tmp / "dataset" / f"{movie_id}.json").write_text(json.dumps(record), "utf-8")
+            movies[movie_id] = {
+                "genres": genres,
+                "image_genres": drawn,
+                "text_genres": shown,  # per plot: genres whose keywords it holds
+                "decoys": decoys,  # per plot: genres of decoy keywords
+            }
+
+        shuffled = rng.sample(ids, len(ids))
+        n_dev, n_test = max(1, round(0.1 * num_movies)), max(1, round(0.2 * num_movies))
+        split = {
+            "train": shuffled[n_dev + n_test :],
+            "dev": shuffled[:n_dev],
+            "test": shuffled[n_dev : n_dev + n_test],
+        }
+        (tmp / "split.json").write_text(json.dumps(split), "utf-8")
+        meta = {
+            "generator_version": GENERATOR_VERSION,
+            "num_movies": num_movies,
+            "seed": seed,
+            "image_size": list(image_size),
+            "groups": {
+                "image_only": list(IMAGE_ONLY),
+                "text_only": list(TEXT_ONLY),
+                "both": list(BOTH),
+            },
+            "keywords": {g: list(v) for g, v in KEYWORDS.items()},
+            "elements": spec,
+            "movies": movies,
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1), "utf-8")
+        os.rename(tmp, root)  # atomic; fails if root is a non-empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def ensure_demo_dataset(root: str | Path, *, num_movies: int = 1500, seed: int = 0) -> None:
+    """Generate the demo dataset at `root` unless a complete one is there.
+
+    A root with `split.json` counts as complete (a real MM-IMDB is used as is); a demo dataset
+    generated with other settings is an error, as is a non-empty root without `split.json`.
+    """
+    root = Path(root)
+    want = {"generator_version": GENERATOR_VERSION, "num_movies": num_movies, "seed": seed}
+    if not (root / "split.json").is_file():
+        if root.is_dir() and any(root.iterdir()):
+            raise FileExistsError(
+                f"demo data: {root} is not empty but holds no split.json; "
+                f"refusing to write into it, choose an empty or new root"
+            )
+        try:
+            write_demo_dataset(root, num_movies=num_movies, seed=seed)
+            return
+        except OSError:
+            if not (root / "split.json").is_file():  # not a concurrent writer that won the race
+                raise
+    meta_path = root / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text("utf-8"))
+        have = {k: meta.get(k) for k in want}
+        if have != want:
+            raise ValueError(
+                f"demo data: {root} was generated with {have}, not {want}; "
+                f"delete it or choose another root"
+            )

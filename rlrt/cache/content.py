@@ -1,0 +1,81 @@
+"""What a split's cached features depend on: which samples in which order (`cache_identity`) and
+their content, fingerprinted cheaply (`content_fingerprint`). Both go into a split's manifest when
+the cache is built and are compared when it is opened."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rlrt.cache.format import ids_digest
+
+if TYPE_CHECKING:
+    from data_modules.base import ImageTextDataModule
+    from data_modules.records import SampleRecord
+
+
+def cache_identity(datamodule: ImageTextDataModule, split: str) -> dict[str, Any]:
+    """The data side of a cache manifest: which data module, which samples, in which order."""
+    ids = [r.id for r in datamodule.dataset(split).records]
+    cls = type(datamodule)
+    return {
+        "dataset": f"{cls.__module__}.{cls.__qualname__}",
+        "split": split,
+        "num_samples": len(ids),
+        "ids_sha256": ids_digest(ids),
+    }
+
+
+def image_table(records: list[SampleRecord]) -> tuple[list[Path], np.ndarray]:
+    """Distinct image files in first-seen order, and each sample's row among them (-1: none)."""
+    rows: dict[Path, int] = {}
+    sample_rows = np.full(len(records), -1, dtype=np.int64)
+    for index, record in enumerate(records):
+        if record.image_path is not None:
+            sample_rows[index] = rows.setdefault(record.image_path, len(rows))
+    return list(rows), sample_rows
+
+
+def image_stats(paths: list[Path]) -> np.ndarray:
+    """`(M, 2)` int64: each image file's `st_size` and `st_mtime_ns` (-1, -1 if it is gone)."""
+    stats = np.full((len(paths), 2), -1, dtype=np.int64)
+    for row, path in enumerate(paths):
+        try:
+            found = os.stat(path)
+        except OSError:
+            continue
+        stats[row] = found.st_size, found.st_mtime_ns
+    return stats
+
+
+def content_fingerprint(
+    records: list[SampleRecord], root: Path | None = None
+) -> tuple[str, np.ndarray]:
+    """What a split's features depend on, hashed cheaply: SHA-256 of every sample's id and text
+    (as the dataset read it: a text may live in a JSON or CSV file that holds other things too)
+    and its image file (the path, relative to `root` when inside it, with its size and
+    modification time). Returns the hex digest and `image_stats` of the distinct image files in
+    `image_table` order (stored beside the cache to count the files that changed).
+
+    Cost: one `stat` per distinct image file (no image is opened or decoded) and hashing the
+    texts, which are in memory already: well under a second for MM-IMDB or SNLI-VE.
+    """
+    paths, sample_rows = image_table(records)
+    stats = image_stats(paths)
+    digest = hashlib.sha256(b"rlrt content fingerprint 1\n")
+    for path, (size, mtime) in zip(paths, stats.tolist()):
+        shown = path
+        if root is not None:
+            with contextlib.suppress(ValueError):
+                shown = Path(path).relative_to(root)
+        digest.update(json.dumps([str(shown), size, mtime]).encode() + b"\n")
+    digest.update(b"samples\n")
+    for record, row in zip(records, sample_rows.tolist()):
+        digest.update(json.dumps([record.id, record.text, row]).encode() + b"\n")
+    return digest.hexdigest(), stats

@@ -1,0 +1,1 @@
+"""Tables and figures of results, and the published numbers printed beside ours."""
