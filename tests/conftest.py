@@ -9,6 +9,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# Tiny models on a shared 2-core box: one intra-op thread (no OpenMP spin-waiting), the same
+# numerics in this process and in the subprocesses tests start. The CLI keeps a set value.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from rlrt.tiny_encoders import write_tiny_llama, write_tiny_vit_config  # noqa: E402
 

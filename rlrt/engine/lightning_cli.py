@@ -13,20 +13,27 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from jsonargparse import ArgumentParser, Namespace
 from lightning import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+# Imported so that their classes are known by their short names (`--data MMIMDBDataModule`,
+# `--data.help MMIMDBDataModule`, `--trainer.callbacks+=MissingModality`).
+import callbacks as _callbacks  # noqa: F401
+import data_modules as _data_modules  # noqa: F401
 from rlrt.engine.checkpoints import find_intact_last_checkpoint, read_checkpoint
 from rlrt.engine.files import atomic_write_json
 from rlrt.engine.resume import ExactResume, SaveOnTerminate
 from rlrt.engine.run_folders import (
     NoOverwriteSaveConfig,
+    discard_unused_run_dir,
     last_checkpoint_folders,
     last_checkpoint_folders_of_config,
     refuse_used_run_dir,
 )
+from rlrt.engine.threads import choose_threads
 from rlrt.losses import check_cca_window
 from rlrt.system import RLRT
 
@@ -76,6 +83,13 @@ class RLRTCLI(LightningCLI):
             help="number of layer pairs L_s: sets both encoders' `layers` to this count "
             "(one key for sweeps); unset, each encoder's own `layers` applies",
         )
+        parser.add_argument(
+            "--threads",
+            type=int | None,
+            default=None,
+            help="torch intra-op threads in the main process; unset: the CPUs available to the "
+            "process minus one per DataLoader worker (OMP_NUM_THREADS, when set, is kept)",
+        )
 
     def parse_arguments(self, parser, args) -> None:
         """Lightning's, without its warning that `args` and `sys.argv` are both given: the
@@ -93,6 +107,10 @@ class RLRTCLI(LightningCLI):
         classes from a checkpoint (an init arg `checkpoint` left unset) the `--ckpt_path`."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         _refuse_linked_model_values(config)
+        workers = config.get("data", {}).get("init_args", {}).get("num_workers") or 0
+        threads = choose_threads(config.get("threads"), workers)
+        if threads is not None:
+            torch.set_num_threads(threads)
         model = config.get("model")
         if model is not None and model.get("common_dim") is not None:
             # Before the encoders load (a 7B text model takes minutes): the model would refuse too.
@@ -114,6 +132,18 @@ class RLRTCLI(LightningCLI):
                         last_checkpoint_folders_of_config(config.trainer)
                     )
                 init_args.checkpoint = config.ckpt_path
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Lightning's, removing this run's directory when the run fails before producing
+        anything (`discard_unused_run_dir`): a refused run leaves no empty `version_N`."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            for callback in self.trainer.callbacks:
+                written = getattr(callback, "written_run_dir", None)
+                if isinstance(callback, NoOverwriteSaveConfig) and written is not None:
+                    discard_unused_run_dir(written)
+            raise
 
     def _parse_ckpt_path(self) -> None:
         """Off: Lightning would overwrite the config's model with the checkpoint's

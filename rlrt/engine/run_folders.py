@@ -8,6 +8,8 @@ run: it reads the checkpoint of the run it resumes and writes only into its own 
 from __future__ import annotations
 
 import importlib
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,46 @@ class NoOverwriteSaveConfig(SaveConfigCallback):
             if trainer.strategy.broadcast(exists):
                 raise used_run_dir_error(config_path.parent, self.config_filename)
         super().setup(trainer, pl_module, stage)
+        if self.already_saved and trainer.is_global_zero and trainer.log_dir is not None:
+            self.written_run_dir = Path(trainer.log_dir)  # this run's own: it may discard it
+
+    written_run_dir: Path | None = None
+
+
+# What a run writes before it does any work: its records, nothing a user could need once it failed.
+RUN_RECORDS = {"config.yaml", "hparams.yaml"}
+
+
+def discard_unused_run_dir(run_dir: Path) -> bool:
+    """Remove the directory of a run that failed before producing anything: it holds only the
+    run's records (`config.yaml`, `hparams.yaml`), an empty `metrics.csv` or one with a header
+    only, and a bad-sample report that names no sample. Returns whether it was removed.
+
+    Anything else keeps it: a checkpoint, a logged value, a report naming bad samples (the
+    refusal message points at it), a file the user put there.
+    """
+    if not run_dir.is_dir():
+        return False
+    for path in run_dir.rglob("*"):
+        if path.is_dir():
+            continue
+        relative = path.relative_to(run_dir).as_posix()
+        if relative in RUN_RECORDS:
+            continue
+        if relative == "metrics.csv" and len(path.read_text().splitlines()) <= 1:
+            continue
+        if relative == "bad_samples.json" and _names_no_sample(path):
+            continue
+        return False
+    shutil.rmtree(run_dir)
+    return True
+
+
+def _names_no_sample(report: Path) -> bool:
+    try:
+        return json.loads(report.read_text()).get("samples") == []
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def last_checkpoint_folders(trainer: Trainer) -> list[Path]:
