@@ -73,9 +73,8 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _dispatch(argv: list[str]) -> None:
-    from rlrt.engine.lightning_cli import drop_lightning_advert, run_lightning_command
+    from rlrt.engine.lightning_cli import run_lightning_command
 
-    drop_lightning_advert()
     if argv[0] in COMMANDS:
         module, function, _ = COMMANDS[argv[0]]
         getattr(importlib.import_module(f"rlrt.commands.{module}"), function)(argv[1:])

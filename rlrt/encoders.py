@@ -12,7 +12,10 @@ ever trained: parameters have `requires_grad=False`, the modules stay in eval mo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,7 +137,8 @@ class FrozenImageEncoder(FrozenEncoder):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             try:
-                clip = open_clip.create_model(model_name, pretrained=pretrained)
+                with _without_random_init_notice(pretrained is None):
+                    clip = open_clip.create_model(model_name, pretrained=pretrained)
             except RuntimeError as err:  # unknown tag, or weights neither cached nor reachable
                 if pretrained is None:
                     raise
@@ -331,12 +335,13 @@ class FrozenTextEncoder(FrozenEncoder):
             tokenizer = AutoTokenizer.from_pretrained(
                 path, revision=revision, trust_remote_code=trust_remote_code
             )
-            model = AutoModel.from_pretrained(
-                path,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
-                dtype=getattr(torch, dtype),
-            )
+            with _without_loading_bar():
+                model = AutoModel.from_pretrained(
+                    path,
+                    revision=revision,
+                    trust_remote_code=trust_remote_code,
+                    dtype=getattr(torch, dtype),
+                )
         except OSError as err:
             raise FileNotFoundError(
                 f"cannot load text model {model_name_or_path!r}: give a local folder with "
@@ -480,3 +485,44 @@ def find_blocks(model: nn.Module, depth: int) -> str:
             f"(lists of {depth} modules: {found or 'none'})"
         )
     return found[0]
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _without_random_init_notice(random_on_purpose: bool) -> Iterator[None]:
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" on the root logger
+    for every model built without weights. Asked for (`pretrained=None`: the demo's and the
+    tests' random towers, recorded in the encoder identity), it is not news, five times a demo."""
+    if not random_on_purpose:
+        yield
+        return
+    root = logging.getLogger()
+    notice = _DropRecords("No pretrained weights loaded")
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
+
+
+@contextlib.contextmanager
+def _without_loading_bar() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar for every model it loads, local and instant
+    ones included; a command loading the encoder once per run drew it five times."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -111,18 +111,3 @@ def test_config_families_parse_with_the_cli_parser(trainer, data, model):
     assert config.data.class_path.startswith("data_modules.")
     # the image size is typed once, in the model config, and linked into the data config
     assert config.data.init_args.image_size == config.model.image_encoder.init_args.image_size
-
-
-def test_console_commands_drop_only_lightnings_product_tip(caplog):
-    import logging
-
-    from rlrt.engine.lightning_cli import drop_lightning_advert
-
-    drop_lightning_advert()
-    drop_lightning_advert()  # idempotent: one filter
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    assert len(logger.filters) == 1
-    with caplog.at_level(logging.INFO, logger=logger.name):
-        logger.info("💡 Tip: install something")
-        logger.info("GPU available: False, used: False")
-    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]

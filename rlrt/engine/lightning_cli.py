@@ -8,7 +8,6 @@ module, the number of classes, the task type and the class names from the data m
 
 from __future__ import annotations
 
-import logging
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 import callbacks as _callbacks  # noqa: F401
 import data_modules as _data_modules  # noqa: F401
 from rlrt.engine.checkpoints import find_intact_last_checkpoint, read_checkpoint
+from rlrt.engine.console import quiet_lightning
 from rlrt.engine.files import atomic_write_json
 from rlrt.engine.resume import ExactResume, SaveOnTerminate
 from rlrt.engine.run_folders import (
@@ -58,6 +58,7 @@ class RLRTCLI(LightningCLI):
     _intact_checkpoint: str | None = None  # the `--ckpt_path last` found, read intact
 
     def __init__(self, *args, **kwargs) -> None:
+        quiet_lightning()
         kwargs.setdefault("model_class", RLRT)
         kwargs.setdefault("datamodule_class", LightningDataModule)
         kwargs.setdefault("subclass_mode_data", True)
@@ -256,19 +257,6 @@ def _refuse_linked_model_values(config: Namespace) -> None:
                 f"model.{name}={model.get(name)!r} is set in the config, but {name} comes from "
                 f"the data module (data.{name}); remove model.{name} from the config"
             )
-
-
-class _NoAdvert(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
-
-
-def drop_lightning_advert() -> None:
-    """Lightning logs a product tip at every Trainer start (five times in `rlrt demo`): the
-    console commands leave it out; everything else it logs stays."""
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _NoAdvert) for f in logger.filters):
-        logger.addFilter(_NoAdvert())
 
 
 def run_lightning_command(argv: list[str]) -> None:
