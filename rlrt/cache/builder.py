@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,23 @@ def build_dummy(folder: Path, image_encoder, text_encoder, shapes: Shapes, build
     writer.finalize({**build, "complete": True})
 
 
+@contextlib.contextmanager
+def progress_named(trainer: Trainer, description: str) -> Iterator[None]:
+    """Name the progress bar of the `trainer.predict` within (Lightning's bars call every
+    prediction "Predicting"; here it is the cache being built, one pass per kind of input)."""
+    bar = trainer.progress_bar_callback
+    if bar is None:
+        yield
+        return
+    original = type(bar)
+    named = property(lambda _: description)
+    bar.__class__ = type(original.__name__, (original,), {"predict_description": named})
+    try:
+        yield
+    finally:
+        bar.__class__ = original
+
+
 def build_split(
     trainer: Trainer,
     extractor: FeatureExtractor,
@@ -312,7 +330,8 @@ def build_split(
             num_workers=num_workers if kind == "image" else 0,
             collate_fn=collate_pending,
         )
-        trainer.predict(extractor, dataloaders=loader, return_predictions=False)
+        with progress_named(trainer, f"{folder.name}: encoding {kind}s"):
+            trainer.predict(extractor, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
         SplitCacheWriter(folder).open().finalize({**build, "complete": True})
