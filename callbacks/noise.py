@@ -20,7 +20,9 @@ class ModalityNoise(Callback):
     Needs raw inputs: with a feature cache the batch holds clean features and this raises.
 
     Args:
-        image_level, text_level: noise levels in [0, 10]; both may be set at once.
+        image_level: image noise level in [0, 10]: Gaussian noise of sd `10 * level` on the 0-255
+            pixels.
+        text_level: text noise level in [0, 10]: each word masked with probability `0.1 * level`.
         seed: the protocol seed.
         fraction: share of the samples that get noise (the protocol's "random half": 0.5).
     """

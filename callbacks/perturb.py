@@ -1,7 +1,8 @@
-"""Pure, seeded perturbation functions: missing modalities and test-time noise.
+"""Pure, seeded perturbation functions: missing modalities, modality dropout, test-time noise.
 
 Which sample is perturbed, and how, is a function of `(seed, split, sample id)` (and the setting)
-only, so it does not depend on batch order, batch size, worker count or device count.
+only, so it does not depend on batch order, batch size, worker count or device count. Modality
+dropout, a training regulariser rather than a protocol, draws from torch's global RNG instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from rlrt.missing import present_flags
 
 MissingType = Literal["image", "text", "both"]
 
@@ -57,17 +60,42 @@ def apply_missing(
     """Clear `image_present` / `text_present` in `batch` (in place) for the dropped samples."""
     if rate == 0:
         return batch
+    image_present, text_present = present_flags(batch)
     ids = [str(i) for i in batch["id"]]
     drop_image, drop_text = missing_masks(
         ids, rate=rate, missing_type=missing_type, seed=seed, split=split
     )
-    size = len(ids)
-    for key, drop in (("image_present", drop_image), ("text_present", drop_text)):
-        present = batch.get(key)
-        if present is None:
-            present = torch.ones(size, dtype=torch.bool)
-        batch[key] = present & ~drop.to(present.device)
+    batch["image_present"] = image_present & ~drop_image.to(image_present.device)
+    batch["text_present"] = text_present & ~drop_text.to(text_present.device)
     return batch
+
+
+def drop_modalities(
+    image_present: Tensor, text_present: Tensor, rate: float
+) -> tuple[Tensor, Tensor]:
+    """Training-time modality dropout: the flags with one modality cleared for a random `rate`
+    of the samples that have both (image or text, equal odds, never both).
+
+    Unlike `missing_masks`, the draws come from torch's global RNG on the CPU (so that
+    `seed_everything` fixes them) and differ at every step: a regulariser, not a protocol.
+
+    Args:
+        image_present, text_present: bool `(B,)`, left as they are.
+        rate: probability in `[0, 1]`.
+
+    Returns:
+        new `image_present`, `text_present`: bool `(B,)` on the flags' device.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"modality dropout rate must be in [0, 1], got {rate}")
+    size = image_present.shape[0]
+    image, text = image_present.cpu(), text_present.cpu()
+    dropped = (torch.rand(size) < rate) & image & text  # (B,)
+    loses_image = torch.rand(size) < 0.5  # (B,)
+    return (
+        (image & ~(dropped & loses_image)).to(image_present.device),
+        (text & ~(dropped & ~loses_image)).to(text_present.device),
+    )
 
 
 # ---------------------------------------------------------------------------------------- noise

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from rlrt.engine.files import atomic_write_text
@@ -25,9 +24,8 @@ def prediction_rows(
     for batch in outputs:
         scores = batch["scores"].float().cpu()  # (B, C)
         size = scores.shape[0]
-        both = torch.ones(size, dtype=torch.bool)
-        image = batch.get("image_present", both).cpu().tolist()
-        text = batch.get("text_present", both).cpu().tolist()
+        image = batch["image_present"].cpu().tolist()
+        text = batch["text_present"].cpu().tolist()
         for row in range(size):
             values = scores[row].tolist()
             if task == "multilabel":

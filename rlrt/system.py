@@ -11,12 +11,20 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
+from callbacks.perturb import drop_modalities
 from rlrt.cache.format import check_fields
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.engine.checkpoints import add_digest, check_same, verify_digest
 from rlrt.features import Features
 from rlrt.losses import RunningCCALoss, check_cca_window
 from rlrt.metrics import HeldOutCorrelation, make_metrics
+from rlrt.missing import (
+    Strategy,
+    check_strategy,
+    encoder_inputs,
+    present_flags,
+    substitute_missing,
+)
 from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
 
 ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")
@@ -61,35 +69,51 @@ class RLRT(LightningModule):
     is the task loss.
 
     Args:
-        image_encoder, text_encoder: the frozen encoders (their weights are never checkpointed;
-            their identity is, and is checked on load).
-        num_classes, task, class_names: from the data module (linked by the CLI).
-        common_dim: `d_c`. num_heads: attention heads in MoLT. fbp_window: `s`.
-        fusion_dim, hidden_dim, num_queries, dropout: the fusion head.
+        image_encoder: the frozen image encoder (its weights are never checkpointed; its
+            identity is, and is checked on load).
+        text_encoder: the frozen text encoder (checkpointed and checked as the image encoder).
+        num_classes: number of classes, from the data module (linked by the CLI).
+        task: `multilabel` or `multiclass`, from the data module (linked by the CLI).
+        class_names: class names in label order, from the data module (linked by the CLI).
+        common_dim: width `d_c` of the common space MoLT maps both modalities into.
+        num_heads: attention heads of MoLT's cross-attention.
+        fbp_window: FBP's pooling window `s` (the robust representation has `d_c / s` values).
+        fusion_dim: width of the fusion head's inputs (each representation projected to it).
+        hidden_dim: hidden width of the classifier MLP.
+        num_queries: learnable queries of the attention fusion.
+        dropout: dropout in the fusion head.
         fusion: `attention` (learnable queries attend over the per-layer robust representations
             and the two modality embeddings) or `layer_weights` (the linear layer weighting, an
             ablation; checkpoints from before this switch are `layer_weights`).
-        cross_attention, bilinear, use_robust, use_image_embedding, use_text_embedding: ablation
-            switches (no cross-attention; concatenation instead of FBP; fusion inputs).
+        cross_attention: MoLT's cross-attention between the modalities (ablation: off).
+        bilinear: FBP (ablation: off, concatenation instead).
+        use_robust: feed the robust representations to the fusion head (off: no MoLT, no FBP).
+        use_image_embedding: feed the image encoder's own embedding to the fusion head.
+        use_text_embedding: feed the text encoder's own embedding to the fusion head.
         beta: weight of `L_CCA` (one minus the mean canonical correlation, in `[0, 1]`); 0 turns
-            it off. cca_reg: relative covariance ridge `r`.
+            it off.
+        cca_reg: relative ridge `r` added to the covariances of `L_CCA` and `cca_corr`.
         cca_top_k: average only the top-k canonical correlations (loss and `cca_corr`).
         cca_window: samples the loss's covariances rest on (carried across steps). A window
             under `10 * common_dim` samples is refused unless `cca_allow_degenerate`: CCA on
             fewer samples scores high on noise alone.
+        cca_allow_degenerate: accept a `cca_window` under `10 * common_dim` samples anyway.
         missing_strategy: a missing modality gets the dummy input (`dummy`: all-ones image after
-            normalisation, empty text) or zeroed features (`zero`). This is the default; a batch
-            carrying `missing_strategy` (set by the `MissingModality` callback) overrides it.
+            normalisation, empty text) or zeroed features (`zero`), see `rlrt.missing`. This is
+            the default; `use_missing_strategy` puts another in effect (the `MissingModality`
+            callback does, for the duration of a stage, when its `strategy` is set). The
+            attribute `missing_strategy` is the strategy in effect.
         modality_dropout: training-time modality dropout (off by default, as in the paper): at
             each training step, each sample with both modalities loses one of them with this
-            probability (image or text with equal odds, never both), drawn from the global RNG
-            (`seed_everything`). Unlike the missing-modality protocol, which fixes the missing
-            samples by id, this redraws every step: a regulariser, not a property of the data.
+            probability (`callbacks.perturb.drop_modalities`). Unlike the missing-modality
+            protocol, which fixes the missing samples by id, this redraws every step: a
+            regulariser, not a property of the data.
+        lr: AdamW's learning rate on the trainable part (cosine schedule).
+        weight_decay: AdamW's weight decay.
+        warmup_fraction: fraction of the training steps spent in the linear warm-up.
 
     With `use_robust=False` and `beta=0` (the late-fusion, image-only and text-only baselines)
     MoLT is not built and not run: nothing of the robust path is left without a gradient.
-        lr, weight_decay, warmup_fraction: AdamW on the trainable part, cosine schedule with a
-            linear warm-up over this fraction of the steps.
     """
 
     def __init__(
@@ -149,7 +173,8 @@ class RLRT(LightningModule):
         self.num_classes = num_classes
         self.class_names = class_names
         self.beta = beta
-        self.missing_strategy = missing_strategy
+        # the strategy in effect: the hparam, unless a caller (`MissingModality`) sets another
+        self.missing_strategy = check_strategy(missing_strategy)
         num_layers = len(image_encoder.layer_indices)
         # MoLT feeds the fusion head (use_robust) and L_CCA (beta > 0); with neither it is skipped.
         self.molt = None
@@ -204,35 +229,27 @@ class RLRT(LightningModule):
 
     # ---------------------------------------------------------------- encoding and forward
     def encode(self, batch: dict[str, Any]) -> Features:
-        """Run the frozen encoders on a batch dict, honouring `image_present` / `text_present`."""
-        batch_size = len(batch["text"])
-        device = batch["image"].device
-        image_present = batch.get("image_present", torch.ones(batch_size, dtype=torch.bool))
-        text_present = batch.get("text_present", torch.ones(batch_size, dtype=torch.bool))
-        image_present = image_present.to(device)
-        text_present = text_present.to(device)
-        dummy = self.missing_strategy_of(batch) == "dummy"
-        texts = [
-            t if ok or not dummy else "" for t, ok in zip(batch["text"], text_present.tolist())
-        ]
-        image_tokens, image_mask, image_embedding = self.image_encoder(
-            batch["image"], image_present if dummy else None
+        """Run the frozen encoders on a batch dict, the missing modalities replaced by the
+        strategy in effect (`rlrt.missing`)."""
+        image_present, text_present = present_flags(batch, batch["image"].device)
+        texts, image_swap = encoder_inputs(
+            batch["text"], image_present, text_present, self.missing_strategy
         )
+        image_tokens, image_mask, image_embedding = self.image_encoder(batch["image"], image_swap)
         text_tokens, text_mask, text_embedding = self.text_encoder(texts)
         features = Features(
             image_tokens, image_mask, image_embedding, text_tokens, text_mask, text_embedding
         )
-        if not dummy:
-            features = features.zero_modality("image", ~image_present)
-            features = features.zero_modality("text", ~text_present)
-        return features
+        # the encoders saw the dummy inputs (`dummy`): only `zero` has features left to replace
+        return substitute_missing(features, image_present, text_present, self.missing_strategy)
 
-    def missing_strategy_of(self, batch: dict[str, Any]) -> str:
-        """`batch["missing_strategy"]` when a callback set it, else the model's default."""
-        strategy = batch.get("missing_strategy") or self.missing_strategy
-        if strategy not in ("dummy", "zero"):
-            raise ValueError(f"missing_strategy must be 'dummy' or 'zero', got {strategy!r}")
-        return strategy
+    def use_missing_strategy(self, strategy: Strategy | None) -> str:
+        """Put `strategy` in effect (None: back to the `missing_strategy` hparam); returns the
+        strategy in effect before, for the caller to restore (`MissingModality` does)."""
+        previous = self.missing_strategy
+        default = self.hparams.get("missing_strategy", "dummy")
+        self.missing_strategy = check_strategy(default if strategy is None else strategy)
+        return previous
 
     def features_of(self, batch: dict[str, Any]) -> Features:
         """The batch's Features: from the cache when the batch carries them, else encoded now.
@@ -252,13 +269,10 @@ class RLRT(LightningModule):
                 f"the feature cache holds NaN or infinite features for sample(s) {ids}; check it "
                 "with `rlrt cache ... --verify` and rebuild it with --overwrite"
             )
-        size = features.batch_size
-        ones = torch.ones(size, dtype=torch.bool)
-        image_absent = ~batch.get("image_present", ones).to(features.image_embedding.device)
-        text_absent = ~batch.get("text_present", ones).to(features.image_embedding.device)
-        if self.missing_strategy_of(batch) == "dummy":
-            return features.substitute(image_absent, text_absent, batch["dummy_features"])
-        return features.zero_modality("image", image_absent).zero_modality("text", text_absent)
+        image_present, text_present = present_flags(batch)
+        return substitute_missing(
+            features, image_present, text_present, self.missing_strategy, batch["dummy_features"]
+        )
 
     def forward(self, features: Features) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Features -> logits `(B, C)`, `h_i` `(L_s, B, d_c)`, `h_t` `(L_s, B, d_c)`.
@@ -325,7 +339,8 @@ class RLRT(LightningModule):
         features = self.features_of(batch)
         logits, h_image, h_text = self(features)
         label = batch["label"]
-        both = self._both_present(batch, logits.shape[0], logits.device)
+        image_present, text_present = present_flags(batch, logits.device)
+        both = image_present & text_present
         task_loss = self.task_loss(logits, label)
         batch_size = logits.shape[0]
         on_step = stage == "train"
@@ -385,41 +400,16 @@ class RLRT(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_alignment("test")
 
-    @staticmethod
-    def _both_present(batch: dict[str, Any], batch_size: int, device: torch.device) -> Tensor:
-        ones = torch.ones(batch_size, dtype=torch.bool, device=device)
-        image = batch.get("image_present", ones).to(device)
-        text = batch.get("text_present", ones).to(device)
-        return image & text
-
     def scores(self, logits: Tensor) -> Tensor:
         """Sigmoid (multi-label) or softmax (multi-class) scores, `(B, C)`."""
         return logits.sigmoid() if self.task == "multilabel" else logits.softmax(dim=-1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        if self.hparams.get("modality_dropout", 0.0) > 0:
-            batch = self.drop_modalities(batch, self.hparams.modality_dropout)
+        rate = self.hparams.get("modality_dropout", 0.0)
+        if rate > 0:
+            image_present, text_present = drop_modalities(*present_flags(batch), rate)
+            batch = {**batch, "image_present": image_present, "text_present": text_present}
         return self._shared_step(batch, "train")
-
-    @staticmethod
-    def drop_modalities(batch: dict[str, Any], rate: float) -> dict[str, Any]:
-        """Training-time modality dropout: a copy of `batch` whose present flags are cleared for
-        a random `rate` of the samples that have both modalities (image or text, equal odds).
-
-        Draws come from torch's global RNG on the CPU, so `seed_everything` fixes them.
-        """
-        size = len(batch["id"])
-        ones = torch.ones(size, dtype=torch.bool)
-        image = batch.get("image_present", ones).cpu()
-        text = batch.get("text_present", ones).cpu()
-        dropped = (torch.rand(size) < rate) & image & text  # (B,)
-        loses_image = torch.rand(size) < 0.5  # (B,)
-        device = batch.get("image_present", ones).device
-        return {
-            **batch,
-            "image_present": (image & ~(dropped & loses_image)).to(device),
-            "text_present": (text & ~(dropped & ~loses_image)).to(device),
-        }
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "val")
@@ -430,12 +420,12 @@ class RLRT(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """`{"id": [str], "scores": (B, C), "image_present": (B,), "text_present": (B,)}`."""
         logits, _, _ = self(self.features_of(batch))
-        both = torch.ones(logits.shape[0], dtype=torch.bool)
+        image_present, text_present = present_flags(batch)
         return {
             "id": batch.get("id"),
             "scores": self.scores(logits),
-            "image_present": batch.get("image_present", both),
-            "text_present": batch.get("text_present", both),
+            "image_present": image_present,
+            "text_present": text_present,
         }
 
     # ---------------------------------------------------------------- optimisation

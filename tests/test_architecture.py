@@ -126,6 +126,7 @@ def test_the_package_shows_its_architecture():
         "features",
         "losses",
         "metrics",
+        "missing",
         "system",
         "tiny_encoders",
     }

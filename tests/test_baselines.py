@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from rlrt.engine.lightning_cli import RLRTCLI, parse_only
-from rlrt.system import RLRT
 from tests.test_cli import demo_args
 from tests.test_system import fit_steps, make_batch, make_model
 
@@ -64,30 +63,6 @@ def test_late_fusion_fits_and_its_loss_has_no_cca(image_encoder, text_encoder, t
     assert not any("cca" in key for key in trainer.callback_metrics)
     after = model.fusion.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in before.items())
-
-
-def test_modality_dropout_drops_one_modality_of_pairs_only():
-    n = 4000
-    batch = {
-        "id": [str(i) for i in range(n)],
-        "image_present": torch.arange(n) % 10 != 0,  # 10% already lack the image
-        "text_present": torch.ones(n, dtype=torch.bool),
-    }
-    torch.manual_seed(0)
-    dropped = RLRT.drop_modalities(batch, 0.3)
-    assert batch["image_present"].sum() == n - n // 10  # the input batch is left alone
-    image, text = dropped["image_present"], dropped["text_present"]
-    assert not (~image & ~text).any()  # never both
-    assert not (image & ~batch["image_present"]).any()  # nothing comes back
-    had_both = batch["image_present"] & batch["text_present"]
-    lost = had_both & ~(image & text)
-    rate = lost.sum().item() / had_both.sum().item()
-    assert 0.27 < rate < 0.33  # binomial(3600, 0.3): sd 0.008
-    image_share = (lost & ~image).sum().item() / lost.sum().item()
-    assert 0.44 < image_share < 0.56
-    torch.manual_seed(0)
-    again = RLRT.drop_modalities(batch, 0.3)
-    assert torch.equal(again["image_present"], image)  # seed_everything fixes it
 
 
 def test_modality_dropout_is_rejected_outside_0_1(image_encoder, text_encoder):

@@ -126,16 +126,19 @@ def test_training_step_loss_and_gradients_are_finite(
     batch_dict = {
         "features": random_features(model, batch, scale, dtype, constant, generator),
         "dummy_features": random_features(model, 1, 1.0, dtype, True, generator),
-        "missing_strategy": strategy,
         "label": torch.randint(0, 3, (batch,), generator=generator),
         "id": [f"s{i}" for i in range(batch)],
         "image_present": presence(image, batch, generator),
         "text_present": presence(text, batch, generator),
     }
     model.zero_grad(set_to_none=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # dropout
-        loss = model._shared_step(batch_dict, "train")
+    previous = model.use_missing_strategy(strategy)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # dropout
+            loss = model._shared_step(batch_dict, "train")
+    finally:
+        model.use_missing_strategy(previous)
     loss.backward()
     assert torch.isfinite(loss)
     trainable = dict(model.named_parameters())

@@ -1,4 +1,5 @@
-"""The pure perturbation functions, without a Trainer: missing modalities and noise."""
+"""The pure perturbation functions, without a Trainer: missing modalities, modality dropout,
+noise."""
 
 import random
 import re
@@ -9,11 +10,13 @@ import torch
 from callbacks.perturb import (
     apply_missing,
     apply_noise,
+    drop_modalities,
     masked_text,
     missing_masks,
     noise_selection,
     noisy_image,
 )
+from rlrt.missing import MissingFlagsError
 
 IDS = [f"{i:07d}" for i in range(2000)]
 
@@ -81,6 +84,51 @@ def test_apply_missing_clears_flags_in_place_and_keeps_absent_ones_absent():
     assert torch.equal(batch["text_present"], ~drop_text)
     with pytest.raises(ValueError, match="missing rate"):
         missing_masks(IDS, rate=1.2, missing_type="both", seed=0, split="test")
+    with pytest.raises(MissingFlagsError, match="no image_present / text_present"):
+        apply_missing({"id": IDS[:3]}, rate=0.5, missing_type="both", seed=0, split="train")
+
+
+# ------------------------------------------------------------------------- modality dropout
+
+
+def test_modality_dropout_drops_one_modality_of_pairs_only():
+    n = 4000
+    image_present = torch.arange(n) % 10 != 0  # 10% already lack the image
+    text_present = torch.ones(n, dtype=torch.bool)
+    torch.manual_seed(0)
+    image, text = drop_modalities(image_present, text_present, 0.3)
+    assert image_present.sum() == n - n // 10  # the input flags are left alone
+    assert not (~image & ~text).any()  # never both
+    assert not (image & ~image_present).any()  # nothing comes back
+    had_both = image_present & text_present
+    lost = had_both & ~(image & text)
+    rate = lost.sum().item() / had_both.sum().item()
+    assert 0.27 < rate < 0.33  # binomial(3600, 0.3): sd 0.008
+    image_share = (lost & ~image).sum().item() / lost.sum().item()
+    assert 0.44 < image_share < 0.56
+    torch.manual_seed(0)
+    again, _ = drop_modalities(image_present, text_present, 0.3)
+    assert torch.equal(again, image)  # seed_everything fixes it
+    with pytest.raises(ValueError, match="modality dropout rate"):
+        drop_modalities(image_present, text_present, 1.5)
+
+
+def test_modality_dropout_draws_two_uniforms_per_sample_from_the_global_rng():
+    """The draws of the model's former `drop_modalities`, one sample at a time: a dropout run
+    seeded as before drops the same modalities as before."""
+    generator = torch.Generator().manual_seed(3)
+    image_present = torch.rand(300, generator=generator) < 0.8
+    text_present = torch.rand(300, generator=generator) < 0.8
+    torch.manual_seed(11)
+    image, text = drop_modalities(image_present, text_present, 0.4)
+    torch.manual_seed(11)
+    drop_draws, which_draws = torch.rand(300).tolist(), torch.rand(300).tolist()
+    for i in range(300):
+        both = bool(image_present[i] and text_present[i])
+        dropped = both and drop_draws[i] < 0.4
+        loses_image = which_draws[i] < 0.5
+        assert bool(image[i]) == (bool(image_present[i]) and not (dropped and loses_image))
+        assert bool(text[i]) == (bool(text_present[i]) and not (dropped and not loses_image))
 
 
 # ------------------------------------------------------------------------------------ noise

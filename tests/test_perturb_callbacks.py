@@ -19,32 +19,37 @@ def text_batch(n=200):
     }
 
 
-def test_missing_modality_uses_the_split_and_writes_its_strategy():
+def test_missing_modality_uses_the_split_and_leaves_the_strategy_out_of_the_batch():
     callback = MissingModality(train_rate=0.2, eval_rate=0.7, eval_type="text", seed=4)
     batch = text_batch()
     callback.on_test_batch_start(None, None, batch, 0)
     _, drop_text = missing_masks(batch["id"], rate=0.7, missing_type="text", seed=4, split="test")
     assert torch.equal(batch["text_present"], ~drop_text)
-    assert "missing_strategy" not in batch  # None: the model's own strategy applies
     batch = text_batch()
     MissingModality(train_rate=0.5, strategy="zero").on_train_batch_start(None, None, batch, 0)
-    assert batch["missing_strategy"] == "zero" and not batch["image_present"].all()
+    assert not batch["image_present"].all()
+    assert "missing_strategy" not in batch  # the strategy goes to the model, not the batch
     with pytest.raises(ValueError, match="strategy"):
         MissingModality(strategy="mean")
 
 
-def test_the_batch_strategy_overrides_the_models(image_encoder, text_encoder):
+def test_the_strategy_put_in_effect_replaces_the_models_own(image_encoder, text_encoder):
     dummy_model = make_model(image_encoder, text_encoder, missing_strategy="dummy")
     zero_model = make_model(image_encoder, text_encoder, missing_strategy="zero")
     batch = make_batch()
     batch["image_present"][:3] = False
     by_zero_model = zero_model.encode(batch)
-    by_batch = dummy_model.encode({**batch, "missing_strategy": "zero"})
     by_dummy = dummy_model.encode(batch)
-    assert torch.equal(by_batch.image_embedding, by_zero_model.image_embedding)
-    assert (by_batch.image_embedding[:3] == 0).all()
-    assert not torch.equal(by_dummy.image_embedding, by_batch.image_embedding)
-    assert torch.equal(by_dummy.image_embedding[3:], by_batch.image_embedding[3:])
+    assert dummy_model.use_missing_strategy("zero") == "dummy"
+    switched = dummy_model.encode(batch)
+    assert dummy_model.use_missing_strategy(None) == "zero"  # None: back to the hparam
+    assert dummy_model.missing_strategy == "dummy"
+    assert torch.equal(switched.image_embedding, by_zero_model.image_embedding)
+    assert (switched.image_embedding[:3] == 0).all()
+    assert not torch.equal(by_dummy.image_embedding, switched.image_embedding)
+    assert torch.equal(by_dummy.image_embedding[3:], switched.image_embedding[3:])
+    with pytest.raises(ValueError, match="missing_strategy must be"):
+        dummy_model.use_missing_strategy("mean")
 
 
 def test_modality_noise_noises_evaluation_batches_only():
