@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from callbacks.perturb import drop_modalities
@@ -500,6 +501,10 @@ class RLRT(LightningModule):
                             f"{ours[side].get(key)!r}; "
                             "use the checkpoint's encoder settings (see its config.yaml)"
                         )
+        if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
+            # Evaluating: the training callbacks' states (checkpointing, exact resume) have no
+            # use, and Lightning would ask for those callbacks in a warning at every test.
+            checkpoint.pop("callbacks", None)
         state = checkpoint["state_dict"]
         for key, value in self.state_dict().items():
             # The frozen weights are ours; a checkpoint from before the running L_CCA statistics

@@ -50,12 +50,13 @@ class FeatureExtractor(LightningModule):
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Image batch -> tokens `(L_s, B, N_i, D_i)` + embedding; text batch -> tokens, mask,
-        embedding; float16 on the CPU, with the rows they belong to."""
-        if len(batch["row"]) == 0:
-            return None
+        embedding; float16 on the CPU, with the rows they belong to. A batch of rows all done
+        already (a resumed build) gives `{"row": []}` and nothing is encoded."""
         out: dict[str, Any] = {"row": batch["row"].cpu().numpy()}
+        if len(out["row"]) == 0:
+            return out
         if "image" in batch:
             tokens, _, embedding = self.image_encoder(batch["image"])
             out.update(image_tokens=tokens.half().cpu(), image_embedding=embedding.half().cpu())
@@ -86,7 +87,7 @@ class RowWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        if prediction is None:
+        if len(prediction["row"]) == 0:
             return
         if self.writer is None:
             self.writer = SplitCacheWriter(self.folder).open()
