@@ -47,7 +47,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
                 if not raw.strip():
                     continue
                 try:
-                    row = json.loads(raw.decode("utf-8"))
+                    row = json.loads(raw.decode("utf-8-sig"))  # a leading BOM is not JSON
                 except (ValueError, RecursionError) as err:  # also not UTF-8, too deep, ...
                     reason = err.msg if isinstance(err, json.JSONDecodeError) else json_error(err)
                     yield line_number, f"malformed row: {reason}"
@@ -66,7 +66,9 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    # utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which would otherwise
+    # become part of the first column's name
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not set(reader.fieldnames) & {"image", "text"}:
             raise ValueError(

@@ -238,3 +238,16 @@ def test_predict_output_suffix_decides_the_format_in_any_case(
     as_json = tmp_path / "out.Json"
     predict(tmp_path, trained, tiny_vit_config, tiny_llama_dir, pairs, as_json)
     assert json.loads(as_json.read_text())["id"] == "1"
+
+
+def test_pairs_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    """Excel writes UTF-8 CSVs with a BOM; it must not rename the first column."""
+    from data_modules.pairs import read_rows
+
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text("\ufeffimage,text\na.jpg,hello\n", encoding="utf-8")
+    jsonl_file = tmp_path / "pairs.jsonl"
+    jsonl_file.write_text('\ufeff{"image": "a.jpg", "text": "hello"}\n', encoding="utf-8")
+    expected = [(2, {"image": "a.jpg", "text": "hello"})]
+    assert list(read_rows(csv_file)) == expected
+    assert list(read_rows(jsonl_file)) == [(1, expected[0][1])]

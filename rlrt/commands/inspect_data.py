@@ -1,13 +1,15 @@
 """`rlrt inspect-data`: what a dataset copy holds, per split, before any training.
 
-Takes the arguments of `rlrt fit` (`--config` files, `--data.*` overrides; the model config is
-required, as for `fit`, and parsed for the linked image size, but no model is built and no
-weights are loaded) and builds only the data module. Prints, per split: sample count, label
-histogram, text length statistics (in whitespace-separated words) and every dropped sample with
-its reason; warns (on stderr) when a split's entry count differs from the dataset's standard
-size, the usual sign of a partial copy. `--json` prints one JSON object instead:
-`{"splits": {"<split>": {"count": N, "dropped": M, "reasons": {"<reason>": n}}}}`, where a
-reason is the kind before the first colon ("missing image", "unknown label", ...).
+Takes the arguments of `rlrt fit` (`--config` files, `--data.*` overrides) and builds only the
+data module: no model is built and no weights are loaded. The model config is optional: given (a
+`--config` file with a `model` section, or `--model.*` overrides), it is parsed as `fit` parses it
+and the image size is linked from its image encoder; without one, the image size is the data
+config's `image_size` (`--data.init_args.image_size`), else the data module's default (224).
+Prints, per split: sample count, label histogram, text length statistics (in whitespace-separated
+words) and every dropped sample with its reason; warns (on stderr) when a split's entry count
+differs from the dataset's standard size, the usual sign of a partial copy. `--json` prints one
+JSON object instead: `{"splits": {"<split>": {"count": N, "dropped": M, "reasons": {"<reason>":
+n}}}}`, where a reason is the kind before the first colon ("missing image", "unknown label", ...).
 
 The data module must be an image-text DataModule of this project (`dataset(split)`,
 `bad_samples`, `class_names`, `expected_split_sizes()`, `source_count(split)`).
@@ -21,11 +23,14 @@ import statistics
 import sys
 import textwrap
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import yaml
+from jsonargparse import Namespace
 from lightning import LightningDataModule
 
-from rlrt.engine.lightning_cli import instantiate_group, parse_only
+from rlrt.engine.lightning_cli import RLRTCLI, instantiate_group, parse_only
 
 SPLITS = ("train", "val", "test")
 
@@ -97,7 +102,10 @@ def size_warnings(datamodule: Any, splits: tuple[str, ...] = SPLITS) -> list[str
 
 def format_summary(datamodule: Any, summaries: dict[str, dict[str, Any]]) -> str:
     """The human-readable report."""
-    out = [f"{datamodule.dataset_name} at {datamodule.root} ({type(datamodule).__name__})"]
+    out = [
+        f"{datamodule.dataset_name} at {datamodule.root} ({type(datamodule).__name__}, "
+        f"image size {datamodule.image_size})"
+    ]
     for split, s in summaries.items():
         out.append(f"\n== {split}: {s['count']:,} samples, {s['dropped']:,} dropped")
         labels = ", ".join(f"{name} {n}" for name, n in s["labels"].items())
@@ -114,6 +122,49 @@ def format_summary(datamodule: Any, summaries: dict[str, dict[str, Any]]) -> str
     return "\n".join(out)
 
 
+def names_a_model(args: list[str]) -> bool:
+    """Whether `args` configure a model: a `--model...` argument, or a `--config` (a file or
+    inline YAML) with a top-level `model` key."""
+    configs = []
+    for i, arg in enumerate(args):
+        if arg == "--model" or arg.startswith(("--model.", "--model=")):
+            return True
+        if arg == "--config" and i + 1 < len(args):
+            configs.append(args[i + 1])
+        elif arg.startswith("--config="):
+            configs.append(arg.split("=", 1)[1])
+    for value in configs:
+        try:
+            path = Path(value)
+            text = path.read_text(encoding="utf-8") if path.is_file() else value
+            loaded = yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue  # the real parser reports it
+        if isinstance(loaded, dict) and "model" in loaded:
+            return True
+    return False
+
+
+def parse_data_only(args: list[str]) -> Namespace:
+    """Parse `--config` files and overrides without the model group (and so without the image
+    size link): the data module keeps its own `image_size`."""
+    return _DataOnlyCLI(args=args, run=False).config
+
+
+class _DataOnlyCLI(RLRTCLI):
+    """The `fit` parser (trainer and data groups, `seed_everything`) without the model."""
+
+    def add_core_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        pass  # the links read or write the model group
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
 def run_inspect_data(argv: list[str]) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(
         prog="rlrt inspect-data",
@@ -123,7 +174,8 @@ def run_inspect_data(argv: list[str]) -> dict[str, dict[str, Any]]:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args, fit_args = parser.parse_known_args(argv)
-    datamodule = instantiate_group(parse_only(fit_args), "data", LightningDataModule)
+    config = parse_only(fit_args) if names_a_model(fit_args) else parse_data_only(fit_args)
+    datamodule = instantiate_group(config, "data", LightningDataModule)
     if not hasattr(datamodule, "bad_samples"):
         raise ValueError(
             f"{type(datamodule).__name__} is not an image-text DataModule of this project "
