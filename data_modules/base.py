@@ -194,6 +194,7 @@ class ImageTextDataModule(L.LightningDataModule):
     # Entries per split in the complete official files (docs/datasets.md); `rlrt inspect-data` warns
     # when `source_count(split)` differs (a partial copy is the usual cause).
     standard_sizes: ClassVar[dict[str, int]] = {}
+    predict_split: ClassVar[str] = "test"  # what `rlrt predict` reads: a dataset's test split
 
     def __init__(
         self,
@@ -304,7 +305,8 @@ class ImageTextDataModule(L.LightningDataModule):
     # ---- Lightning hooks ---------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        for split in _STAGE_SPLITS[stage]:
+        splits = _STAGE_SPLITS[stage] if stage != "predict" else (self.predict_split,)
+        for split in splits:
             self.dataset(split)
             if self.feature_cache is not None:
                 self._cached_batches(split)  # a stale or foreign cache fails here, before training
@@ -321,13 +323,13 @@ class ImageTextDataModule(L.LightningDataModule):
         return self._loader("test", self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
+        return self._loader(self.predict_split, self.eval_batch_size)
 
     # ---- datasets and reports ----------------------------------------------------------------
 
     def dataset(self, split: str) -> ImageTextDataset:
         """The validated dataset of `split`, built (and its bad samples reported) on first use."""
-        if split not in SPLITS:
+        if split not in (*SPLITS, self.predict_split):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if split not in self._datasets:
             self._datasets[split] = self._build(split)

@@ -113,6 +113,7 @@ class PairsDataModule(ImageTextDataModule):
     """
 
     dataset_name = "pairs"
+    predict_split = "predict"  # the only split: logs and reports say "pairs predict"
     accepted_layouts = "a .jsonl or .csv file with `image` and/or `text` (and optional `id`)"
     source = "your own data"
 
@@ -152,7 +153,7 @@ class PairsDataModule(ImageTextDataModule):
         return path
 
     def read_split(self, split: str) -> Iterator[SampleRecord | Rejected]:
-        if split != "test":  # prediction reads the "test" split (see the base's stage map)
+        if split != self.predict_split:
             raise ValueError(
                 f"PairsDataModule holds unlabelled pairs for `rlrt predict`, not a {split} split"
             )
