@@ -208,8 +208,8 @@ def test_pairs_pathological_rows_are_dropped(tmp_path):
     path.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe not utf-8\n")
     dm = pairs_module(path)
     quiet_setup(dm, "predict")
-    assert kept(dm, "test") == ["1", LONG]
-    bad = dropped(dm, "test")
+    assert kept(dm, "predict") == ["1", LONG]
+    bad = dropped(dm, "predict")
     assert len(bad) == 7
     assert bad["2"].startswith("invalid image path: File name too long")
     assert bad["3"].startswith("missing image")  # a NUL: no such file
@@ -235,8 +235,8 @@ def test_pairs_csv_oversized_field_is_one_dropped_row(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text('image,text\n,"' + "x" * 200_000 + '"\n,short\n')
     dm = quiet_setup(pairs_module(path), "predict")
-    assert kept(dm, "test") == ["3"]
-    assert ["field larger than field limit" in r for r in dropped(dm, "test").values()] == [True]
+    assert kept(dm, "predict") == ["3"]
+    assert ["field larger than field limit" in r for r in dropped(dm, "predict").values()] == [True]
 
 
 def test_pairs_file_name_too_long_is_one_line(tmp_path):

@@ -228,7 +228,7 @@ def test_pairs_jsonl_fuzz(tmp_path_factory, lines):
     path.write_bytes(b"\n".join(lines) + b"\n")
     dm = pairs_module(path)
     quiet(lambda: dm.setup("predict"))
-    kept, dropped = counts(dm, ("test",))
+    kept, dropped = counts(dm, ("predict",))
     assert kept + dropped == len(nonblank(lines))
 
 
@@ -250,7 +250,7 @@ def test_pairs_csv_fuzz(tmp_path_factory, rows):
     path.write_text(buffer.getvalue(), encoding="utf-8", newline="")
     dm = pairs_module(path)
     quiet(lambda: dm.setup("predict"))
-    kept, dropped = counts(dm, ("test",))
+    kept, dropped = counts(dm, ("predict",))
     assert kept + dropped == len(rows)
 
 
@@ -260,4 +260,4 @@ def test_pairs_all_bad_rows_are_reported(tmp_path, suffix):
     path.write_text("image,text\n,\n" if suffix == ".csv" else "[]\n")
     dm = pairs_module(path)
     quiet(lambda: dm.setup("predict"))
-    assert len(dm.dataset("test")) == 0 and len(dm.bad_samples) == 1
+    assert len(dm.dataset("predict")) == 0 and len(dm.bad_samples) == 1

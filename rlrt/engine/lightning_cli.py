@@ -239,7 +239,7 @@ def instantiate_group(config: Namespace, group: str, base: type) -> object:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(base, group)
     parsed = parser.parse_object({group: config[group].as_dict()})
-    return parser.instantiate_classes(parsed)[group]
+    return parser.instantiate(parsed)[group]
 
 
 class _ParseOnlyCLI(RLRTCLI):
