@@ -31,7 +31,7 @@ robustness-evidence: install ## RLRT vs late fusion vs modality dropout on the d
 cca-evidence: install ## L_CCA's weight beta (0 = no_cca) x 3 training seeds on the demo data: held-out cca_corr and F1 (~10 min) -> docs/cca/beta.{md,csv}
 	$(OFFLINE) $(BIN)/rlrt ablations --sweep configs/sweeps/cca.yaml --output docs/cca/beta
 
-ablations: install ## the grid of configs/sweeps/ablations.yaml run here, no W&B server (ABLATION_ARGS= for quick settings) -> results/ablations.md
+ablations: install ## the grid of configs/sweeps/ablations.yaml run here, no W&B server (about 25 min; ABLATION_ARGS=--quick: one seed, 20 epochs, about 5 min) -> results/ablations.md
 	$(OFFLINE) $(BIN)/rlrt ablations $(ABLATION_ARGS)
 
 reproduce-table1: install ## Table 1: MMIMDB_ROOT= FOOD101_ROOT= SNLIVE_ROOT= CLIP_PRETRAINED= TEXT_MODEL= [SEEDS=0,1,2]; SMOKE=1: fake data, tiny encoders

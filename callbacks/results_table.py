@@ -27,7 +27,16 @@ from lightning import Callback
 
 from rlrt.engine.files import atomic_write_text
 
-SKIPPED_HPARAMS = ("class_names", "_instantiator")
+SKIPPED_HPARAMS = ("class_names",)  # and every `_`-prefixed field (jsonargparse's own)
+
+
+def public(hparams: Any) -> dict[str, Any]:
+    """The hyperparameters a person set: no `_instantiator` and the like, no class names."""
+    return {
+        k: v
+        for k, v in dict(hparams).items()
+        if k not in SKIPPED_HPARAMS and not str(k).startswith("_")
+    }
 
 
 def flatten(values: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -46,15 +55,14 @@ def flatten(values: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def run_settings(trainer: Any, pl_module: Any) -> dict[str, Any]:
     """The switches, data settings, perturbation protocol and seed of a run, flat."""
-    model_hparams = {k: v for k, v in dict(pl_module.hparams).items() if k not in SKIPPED_HPARAMS}
-    settings = flatten(model_hparams, "model")
+    settings = flatten(public(pl_module.hparams), "model")
     encoder = getattr(pl_module, "image_encoder", None)
     if encoder is not None and hasattr(encoder, "layer_indices"):
         settings["model.layer_pairs"] = len(encoder.layer_indices)
     datamodule = getattr(trainer, "datamodule", None)
     if datamodule is not None:
         settings["data.class"] = type(datamodule).__name__
-        settings.update(flatten(dict(getattr(datamodule, "hparams", {})), "data"))
+        settings.update(flatten(public(getattr(datamodule, "hparams", {})), "data"))
     for callback in trainer.callbacks:
         protocol = getattr(callback, "protocol", None)
         if callable(protocol):

@@ -389,7 +389,7 @@ class RLRT(LightningModule):
         alignment = self.val_alignment if stage == "val" else self.test_alignment
         if alignment is None:
             return
-        per_layer = alignment.compute().float()  # (L_s,), synchronised across processes
+        per_layer = alignment.compute().float().reshape(-1)  # (L_s,): torchmetrics makes one 0-d
         alignment.reset()
         self.log(f"{stage}/cca_corr", per_layer.mean(), sync_dist=False)
         for layer, value in enumerate(per_layer):

@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,16 @@ import yaml
 
 from callbacks.results_table import append_row, flatten
 from rlrt.cli import main
-from rlrt.commands.ablations import command_parts, expand_grid, results_table_path
+from rlrt.commands.ablations import (
+    QUICK_ARGS,
+    check_configs,
+    command_parts,
+    differing_settings,
+    expand_grid,
+    per_point_loggers,
+    repository_root,
+    results_table_path,
+)
 from rlrt.engine.loggers import WandbLogger, wandb_account_configured
 from tests.test_cli import demo_args
 
@@ -31,8 +41,10 @@ def test_the_shipped_sweep_is_a_wandb_grid_over_existing_variants():
     assert subcommand == "fit-test" and "${args}" not in fixed
     assert results_table_path(fixed) == Path("results/ablations/runs.csv")
     loggers = next(a for a in fixed if a.startswith("--trainer.logger="))
-    classes = [x["class_path"] for x in json.loads(loggers.partition("=")[2])]
+    specs = json.loads(loggers.partition("=")[2])
+    classes = [x["class_path"] for x in specs]
     assert classes == ["lightning.pytorch.loggers.CSVLogger", "rlrt.engine.loggers.WandbLogger"]
+    assert sweep["project"] == specs[1]["init_args"]["project"]  # W&B server and offline alike
 
 
 def test_expand_grid_is_the_cartesian_product_in_file_order():
@@ -158,11 +170,93 @@ def test_ablations_run_the_grid_and_collect_one_table(
     assert summary.loc[1, "f1_macro_mean"] == pytest.approx(late.mean())
     assert summary.loc[1, "f1_macro_std"] == pytest.approx(late.std())
     assert "use_robust=False" in summary.loc[1, "differs_in"]
-    text = (tmp_path / "ablations.md").read_text()
+    text = re.sub(r" {2,}", " ", (tmp_path / "ablations.md").read_text())
     assert "| late_fusion |" in text
-    assert list((tmp_path / "wandb").glob("offline-run-*"))  # wandb ran, offline
+    # only model settings tell the variants apart: no cache paths, no internal fields
+    assert not any("cache" in d or "root" in d for d in summary["differs_in"])
+    assert not [c for c in rows.columns if "_instantiator" in c]
+    # one offline W&B run per grid point (its fit and its test), named by it, one group
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    records = [run.read_bytes() for run in runs]  # the run record holds its name and group
+    names = [set(re.findall(rb"(?:full|late_fusion), seed \d", r)) for r in records]
+    assert sorted(n for found in names for n in found) == [
+        b"full, seed 0",
+        b"full, seed 1",
+        b"late_fusion, seed 0",
+        b"late_fusion, seed 1",
+    ]
+    groups = {g for r in records for g in re.findall(rb"sweep-\d{8}-\d{6}", r)}
+    assert len(runs) == 4 and len(groups) == 1
     # one feature cache for both variants: they share data and encoders
     assert [p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()] == [
         "DemoMMIMDBDataModule"
     ]
     assert rows["data.feature_cache"].str.startswith(str(tmp_path / "cache")).all()
+
+
+def test_each_grid_point_gets_its_own_named_wandb_run_in_the_sweep_group():
+    wandb = {"class_path": "rlrt.engine.loggers.WandbLogger", "init_args": {"project": "p"}}
+    csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "r"}}
+    arguments = [
+        "--config",
+        "a.yaml",
+        f"--trainer.logger={json.dumps([csv, wandb])}",
+        f"--trainer.logger+={json.dumps(wandb)}",
+    ]
+    out = per_point_loggers(arguments, "sweep-1", "full, seed 0")
+    assert out[:2] == arguments[:2]
+    listed = json.loads(out[2].partition("=")[2])
+    assert listed[0] == csv  # other loggers untouched
+    assert listed[1]["init_args"] == {"project": "p", "group": "sweep-1", "name": "full, seed 0"}
+    assert json.loads(out[3].partition("=")[2])["init_args"]["name"] == "full, seed 0"
+
+
+def test_differences_name_model_settings_not_paths_or_internals():
+    rows = pd.DataFrame(
+        {
+            "model.use_robust": [True, False],
+            "model.lr": [0.003, 0.003],
+            "data.feature_cache": ["c/one", "c/two"],
+            "data.root": ["d/a", "d/b"],
+            "data._instantiator": ["x", "y"],
+            "model.image_encoder.init_args.layers": [4, 1],
+            "model.layer_pairs": [4, 1],
+        }
+    )
+    diffs = differing_settings(rows, pd.Series(["a", "b"]))
+    # a tie: the first group's values are the reference
+    assert diffs == {"a": "-", "b": "use_robust=False, layer_pairs=1"}
+
+
+def test_started_outside_the_repository_it_says_where_to_start(tmp_path, monkeypatch, capsys):
+    assert repository_root(SWEEP) == REPO
+    monkeypatch.chdir(REPO)
+    check_configs(["--config", "configs/trainer/demo.yaml", "--x=1"], REPO, SWEEP)  # found
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["ablations", "--sweep", str(SWEEP)])
+    message = str(stop.value)
+    assert "\n" not in message and f"start it from {REPO}" in message
+    assert "configs/trainer/demo.yaml" in message
+    assert not (tmp_path / "results").exists()  # nothing ran
+    with pytest.raises(SystemExit, match="no such file"):
+        check_configs(["configs/no_such.yaml"], REPO, SWEEP)
+
+
+def test_quick_pass_is_one_seed_of_short_runs(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("rlrt.commands.ablations.main", lambda argv: calls.append(argv))
+    sweep = yaml.safe_load(SWEEP.read_text())
+    sweep["parameters"]["config"]["values"] = [
+        str(REPO / v) for v in sweep["parameters"]["config"]["values"][:2]
+    ]
+    sweep["command"] = [str(REPO / c) if c.startswith("configs/") else c for c in sweep["command"]]
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(yaml.safe_dump(sweep))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="no row"):  # the stand-in runs append nothing
+        main(["ablations", "--sweep", str(sweep_file), "--quick", "--trainer.max_epochs=3"])
+    assert len(calls) == 2  # two variants, one seed each
+    for argv in calls:
+        assert argv[-1] == "--trainer.max_epochs=3"  # the user's arguments win
+        assert set(QUICK_ARGS) <= set(argv)

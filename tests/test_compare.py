@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -44,8 +46,8 @@ def test_compare_fits_each_variant_and_seed_and_pools_them(
     combined = pd.read_csv(output / "robustness.csv", keep_default_na=False)
     pd.testing.assert_frame_equal(combined, pd.concat(parts, ignore_index=True))
     text = (output / "robustness.md").read_text()
-    assert "| f1_macro (%) | complete | no image | text noise 10 |" in text
-    assert "Checkpoints per model: full: 2, late_fusion: 2" in text
+    assert "| F1-macro (%) | complete | no image | text noise 10 |" in re.sub(r" {2,}", " ", text)
+    assert "Checkpoints per model: RLRT: 2, late fusion: 2" in text
     assert (output / "robustness.png").read_bytes()[:4] == b"\x89PNG"
     # one feature cache serves both variants (same data and encoders)
     assert len(list((output / "runs" / "cache").iterdir())) == 1

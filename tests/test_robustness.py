@@ -1,6 +1,7 @@
 """`rlrt robustness` and its report, end to end on a tiny checkpoint, plus the grid logic."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -75,7 +76,12 @@ def test_report_means_and_stds_over_seeds():
     assert len(stats) == 1
     assert stats["mean"].item() == pytest.approx(0.6)
     assert stats["std"].item() == pytest.approx(pd.Series([0.5, 0.7]).std())
-    assert "| 30 | 60.0 ± 14.1 |" in markdown(frame)
+    assert "| 30 | 60.0 ± 14.1 |" in squeeze(markdown(frame))
+
+
+def squeeze(text: str) -> str:
+    """A padded Markdown table with runs of spaces made one (cells keep their own spaces)."""
+    return re.sub(r" {2,}", " ", text)
 
 
 def result_row(**fields):
@@ -118,14 +124,14 @@ def test_headline_pools_checkpoints_and_seeds_per_model_and_setting():
                     )
                 )
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    table = headline(frame)
+    table = squeeze(headline(frame))
     spread = 100 * pd.Series([0.5, 0.5, 0.52, 0.52]).std()
     assert table.splitlines()[0] == (
-        "| f1_macro (%) | complete | 70% missing image | text noise 10 |"
+        "| F1-macro (%) | complete | 70% image missing | text noise 10 |"
     )
-    assert f"| rlrt | 51.0 ± {spread:.1f} | 40.0 ± 0.0 | 31.0 ± {spread:.1f} |" in table
+    assert f"| RLRT | 51.0 ± {spread:.1f} | 40.0 ± 0.0 | 31.0 ± {spread:.1f} |" in table
     assert f"| late | 41.0 ± {spread:.1f} | 30.0 ± 0.0 | 21.0 ± {spread:.1f} |" in table
-    assert "Checkpoints per model: rlrt: 2, late: 2" in markdown(frame)
+    assert "Checkpoints per model: RLRT: 2, late: 2" in markdown(frame)
 
 
 def test_robustness_end_to_end(tmp_path, monkeypatch, tiny_vit_config, tiny_llama_dir):
@@ -162,7 +168,8 @@ def test_robustness_end_to_end(tmp_path, monkeypatch, tiny_vit_config, tiny_llam
     assert frame[frame["metric"] == "cca_corr"]["value"].between(0, 1).all()
     assert set(frame["model"]) == {"tiny"}
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "### f1_macro, missing modality" in (out / "robustness.md").read_text()
+    report = (out / "robustness.md").read_text()
+    assert "### F1-macro, image or text missing" in report and "### F1-micro, text noise" in report
     # missing modalities from the feature cache; noise needs raw inputs: evaluated online
     assert set(frame[frame["perturbation"] == "missing"]["features"]) == {"cache"}
     assert set(frame[frame["perturbation"] == "noise"]["features"]) == {"online"}
@@ -216,7 +223,8 @@ def test_robustness_end_to_end(tmp_path, monkeypatch, tiny_vit_config, tiny_llam
     )
     combined = read_results([tmp_path / "both" / "robustness.csv"])
     assert set(combined["model"]) == {"tiny", "other"}
-    assert "tiny: image" in (tmp_path / "both" / "robustness.md").read_text()
+    text = squeeze((tmp_path / "both" / "robustness.md").read_text())
+    assert "| missing rate (%) | tiny | other |" in text
 
 
 def test_robustness_refuses_a_missing_checkpoint(tmp_path, capsys):

@@ -306,3 +306,20 @@ def test_non_finite_cached_features_stop_with_the_sample_ids(image_encoder, text
     features.image_embedding[1, 0] = float("inf")  # sample s1
     with pytest.raises(ValueError, match=r"sample\(s\) \['s1', 's4'\].*--verify"):
         model.features_of(cached)
+
+
+def test_validation_with_one_layer_pair_logs_its_correlation(tiny_vit_config, tiny_llama_dir):
+    """torchmetrics returns a one-element result as a 0-d tensor: one layer pair still logs."""
+    from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
+
+    image = FrozenImageEncoder(config_file=str(tiny_vit_config), image_size=32, layers=1)
+    text = FrozenTextEncoder(model_name_or_path=str(tiny_llama_dir), layers=1, segments=4)
+    model = make_model(image, text, beta=0.1).eval()
+    assert len(model.molt) == 1
+    loader = DataLoader(
+        [make_batch(seed=i) for i in range(3)], batch_size=1, collate_fn=collate_one
+    )
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    (metrics,) = trainer.validate(model, loader, verbose=False)
+    assert metrics["val/cca_corr"] == pytest.approx(metrics["val/cca_corr_layer0"])
+    assert 0 < metrics["val/cca_corr"] <= 1

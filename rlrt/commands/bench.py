@@ -47,6 +47,7 @@ from rlrt.cache.sources import split_sources
 from rlrt.commands.cache import run_cache
 from rlrt.engine.files import atomic_write_json, atomic_write_text
 from rlrt.engine.lightning_cli import RLRTCLI
+from rlrt.reports.tables import markdown_table
 from rlrt.tiny_encoders import tiny_encoder_args, write_tiny_llama, write_tiny_vit_config
 
 SCALING_SIZES = (1000, 4000, 16000)
@@ -314,20 +315,19 @@ def to_markdown(results: dict[str, Any]) -> str:
         ("frozen parameters", "frozen_params", "{:,}"),
     ]
     sizes = list(results["sizes"])
+    table = [
+        [label, *(fmt.format(results["sizes"][s][key]) for s in sizes)] for label, key, fmt in rows
+    ]
+    for n in sorted(results["sizes"][sizes[0]]["epoch_seconds_cached_by_n"], key=int):
+        cells = [f"{results['sizes'][s]['epoch_seconds_cached_by_n'][n]:.2f}" for s in sizes]
+        table.append([f"cached epoch at {n} samples (s)", *cells])
     lines = [
         "# rlrt benchmark",
         "",
         f"Machine: `{json.dumps(results['machine'])}`",
         "",
-        "| | " + " | ".join(sizes) + " |",
-        "|---|" + "---|" * len(sizes),
+        markdown_table(table, ["", *sizes]).rstrip("\n"),
     ]
-    for label, key, fmt in rows:
-        cells = [fmt.format(results["sizes"][s][key]) for s in sizes]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for n in sorted(results["sizes"][sizes[0]]["epoch_seconds_cached_by_n"], key=int):
-        cells = [f"{results['sizes'][s]['epoch_seconds_cached_by_n'][n]:.2f}" for s in sizes]
-        lines.append(f"| cached epoch at {n} samples (s) | " + " | ".join(cells) + " |")
     base = results["sizes"].get("base")
     if base:
         lines += [

@@ -19,6 +19,7 @@ from rlrt.commands.cache import run_cache
 from rlrt.engine.files import atomic_write_json
 from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.metrics import is_reported
+from rlrt.reports.tables import markdown_table
 
 DEMO_EPOCHS = 40
 
@@ -30,16 +31,19 @@ SETTINGS = {
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """A plain-text table, one row per setting."""
+    """A Markdown table, one row per setting, metrics in % ("-" where there is no value)."""
     metrics = sorted({m for row in rows.values() for m in row})
-    header = f"{'setting':<16}" + "".join(f"{m:>12}" for m in metrics)
-    lines = [header, "-" * len(header)]
-    for name, row in rows.items():
-        cells = [
-            f"{100 * row[m]:.2f}" if math.isfinite(row.get(m, math.nan)) else "-" for m in metrics
+    body = [
+        [
+            name,
+            *(
+                f"{100 * row[m]:.2f}" if math.isfinite(row.get(m, math.nan)) else "-"
+                for m in metrics
+            ),
         ]
-        lines.append(f"{name:<16}" + "".join(f"{cell:>12}" for cell in cells))
-    return "\n".join(lines)
+        for name, row in rows.items()
+    ]
+    return markdown_table(body, ["setting", *metrics])
 
 
 def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:

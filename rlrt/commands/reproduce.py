@@ -1,10 +1,10 @@
 """`rlrt reproduce-table1`: RLRT on MM-IMDB, UPMC-Food101 and SNLI-VE, beside published results.
 
 For each dataset: build the feature cache (the frozen encoders run once), fit with each seed,
-test the best checkpoint with complete data and at 70% missing image / text / both (protocol
-seed 0, the model's missing strategy), then write `table1.md` and `table1.csv` into the output
-folder: our numbers as mean ± std over the seeds, beside the published rows
-(`rlrt.reports.published`).
+test the best checkpoint with complete data and with 70% image missing / text missing / image
+or text missing (half and half; protocol seed 0, the model's missing strategy), then write
+`table1.md` and `table1.csv` into the output folder: our numbers as mean ± std over the seeds,
+beside the published rows (`rlrt.reports.published`).
 Every run is an ordinary `rlrt cache` / `fit` / `test` on the shipped configs.
 
 Inputs come from environment variables (a `make` command line sets them: `make
@@ -28,31 +28,38 @@ reported in one message that says what to provide, and nothing runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from data_modules import fakes
 from rlrt.commands.cache import run_cache
 from rlrt.commands.fit_then_test import best_checkpoint
 from rlrt.commands.robustness import Evaluator, Setting
 from rlrt.engine.files import atomic_write_text
 from rlrt.engine.lightning_cli import RLRTCLI, instantiate_group, parse_only
+from rlrt.reports.names import setting_title
 from rlrt.reports.published import PUBLISHED_NOTES, PUBLISHED_TABLE1, TABLE1_COLUMNS
+from rlrt.reports.tables import markdown_table
 from rlrt.tiny_encoders import tiny_encoder_args, write_tiny_llama, write_tiny_vit_config
 
 MISSING_RATE = 0.7
 PROTOCOL_SEED = 0
+# Named as in every report (`rlrt.reports.names`): "70% image or text missing" is type `both`.
 SETTINGS: dict[str, Setting] = {
     "complete data": Setting("missing", "both", 0.0, PROTOCOL_SEED),
-    "70% missing, image": Setting("missing", "image", MISSING_RATE, PROTOCOL_SEED),
-    "70% missing, text": Setting("missing", "text", MISSING_RATE, PROTOCOL_SEED),
-    "70% missing, both": Setting("missing", "both", MISSING_RATE, PROTOCOL_SEED),
+    **{
+        setting_title("missing", kind, MISSING_RATE): Setting(
+            "missing", kind, MISSING_RATE, PROTOCOL_SEED
+        )
+        for kind in ("image", "text", "both")
+    },
 }
 
 
@@ -66,7 +73,7 @@ class Table1Dataset:
     needs: str  # what the variable must point to
     data_config: str  # under configs/data
     metrics: tuple[str, ...]  # test metric names, in table order
-    fake_writer: str  # "module:function" writing a fake copy (smoke runs)
+    fake_writer: Callable[..., Any]  # writes a fake copy into a root folder (smoke runs)
     fake_kwargs: dict[str, Any] = field(default_factory=dict)
     smoke_args: tuple[str, ...] = ()
 
@@ -79,7 +86,7 @@ DATASETS: tuple[Table1Dataset, ...] = (
         needs="the MM-IMDB folder holding split.json and dataset/ (or labels/ + images/)",
         data_config="mmimdb.yaml",
         metrics=("f1_micro", "f1_macro"),
-        fake_writer="data_modules.fakes:write_fake_mmimdb",
+        fake_writer=fakes.write_fake_mmimdb,
         fake_kwargs={"dirty": False, "num_movies": 60},
     ),
     Table1Dataset(
@@ -89,7 +96,7 @@ DATASETS: tuple[Table1Dataset, ...] = (
         needs="the UPMC-Food101 folder holding images/ and texts/",
         data_config="food101.yaml",
         metrics=("acc",),
-        fake_writer="data_modules.fakes:write_fake_food101",
+        fake_writer=fakes.write_fake_food101,
         fake_kwargs={"dirty": False, "train_per_class": 10, "test_per_class": 4},
         smoke_args=("--data.init_args.val_size=0.25",),
     ),
@@ -100,7 +107,7 @@ DATASETS: tuple[Table1Dataset, ...] = (
         needs="the SNLI-VE folder holding snli_ve_{train,dev,test}.jsonl and flickr30k_images/",
         data_config="snli_ve.yaml",
         metrics=("acc",),
-        fake_writer="data_modules.fakes:write_fake_snli_ve",
+        fake_writer=fakes.write_fake_snli_ve,
         fake_kwargs={"dirty": False, "images": (8, 3, 3)},
     ),
 )
@@ -113,11 +120,6 @@ ENCODER_VARIABLES = {
 }
 
 
-def _call(spec: str, *args: Any, **kwargs: Any) -> Any:
-    module, function = spec.split(":")
-    return getattr(importlib.import_module(module), function)(*args, **kwargs)
-
-
 def smoke_inputs(workdir: Path, datasets: list[Table1Dataset]) -> tuple[dict[str, Path], list[str]]:
     """Write fake datasets and tiny encoders under `workdir`; return roots and model arguments."""
 
@@ -125,7 +127,7 @@ def smoke_inputs(workdir: Path, datasets: list[Table1Dataset]) -> tuple[dict[str
     for dataset in datasets:
         root = workdir / "data" / dataset.key
         if not root.exists():
-            _call(dataset.fake_writer, root, **dataset.fake_kwargs)
+            dataset.fake_writer(root, **dataset.fake_kwargs)
         roots[dataset.key] = root
     vit = write_tiny_vit_config(workdir / "encoders")
     llama = workdir / "encoders" / "llama"
@@ -293,22 +295,19 @@ def markdown(runs: pd.DataFrame, backbone: str, seeds: list[int], extra: list[di
         "food101_acc": "Food101 acc",
         "snli_ve_acc": "SNLI-VE acc",
     }
-    header = ["system", "backbone", *titles.values(), "setting"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     published = [dict(zip(TABLE1_COLUMNS, values)) for values in PUBLISHED_TABLE1]
-    for row in [*our_rows(runs, backbone), *extra, *published]:
-        cells = [row.get("system", ""), row.get("backbone", "")]
-        cells += [str(row.get(column, "")) for column in titles]
-        cells.append(row.get("setting", ""))
-        lines.append("| " + " | ".join(cells) + " |")
+    rows = [
+        [row.get(column, "") for column in ("system", "backbone", *titles, "setting")]
+        for row in [*our_rows(runs, backbone), *extra, *published]
+    ]
+    table = markdown_table(rows, ["system", "backbone", *titles.values(), "setting"])
     return (
         "# Table 1: image-text classification, complete and missing modalities\n\n"
         f"Ours: mean ± std over training seeds {seeds} (%), each a fit on complete data tested "
         f"with complete data and with {MISSING_RATE:.0%} of the test samples missing a modality "
-        f"(protocol seed {PROTOCOL_SEED}; for `both`, half lose the image and half the text). "
-        "Published rows as reported (~: read off a figure).\n\n"
-        + "\n".join(lines)
-        + f"\n\n{PUBLISHED_NOTES}\n"
+        f"(protocol seed {PROTOCOL_SEED}; image or text missing: half of them lose the image, "
+        "half the text). "
+        "Published rows as reported (~: read off a figure).\n\n" + table + f"\n{PUBLISHED_NOTES}\n"
     )
 
 

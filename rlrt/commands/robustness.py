@@ -211,7 +211,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="what replaces a missing modality (default: the model's missing_strategy)",
     )
     parser.add_argument("--noise_fraction", type=float, default=0.5)
-    parser.add_argument("--metric", default=None, help="metric to plot (default: f1_macro/acc)")
+    parser.add_argument(
+        "--metric", default=None, help="the one metric to plot (default: the task scores)"
+    )
     return parser.parse_known_args(argv)
 
 

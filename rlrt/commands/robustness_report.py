@@ -18,7 +18,11 @@ def run_report(argv: list[str]) -> Path:
     )
     parser.add_argument("inputs", nargs="+", help="robustness.csv files written by rlrt robustness")
     parser.add_argument("--output", required=True, help="folder for the combined files")
-    parser.add_argument("--metric", default=None, help="metric to plot (default: f1_macro or acc)")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="the one metric to plot (default: F1-macro and F1-micro, or accuracy)",
+    )
     args = parser.parse_args(argv)
     output = write_report(read_results(args.inputs), args.output, args.metric)
     print(f"wrote {output / 'robustness.md'} and {output / 'robustness.png'}")

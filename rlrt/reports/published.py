@@ -52,9 +52,17 @@ PUBLISHED_TABLE1: tuple[tuple[str, ...], ...] = (
         "",
         "complete data",
     ),
-    ("Missing-aware prompts", "frozen ViLT-B/32", "", "42.66", "~79.1", "", "70% missing, both"),
-    ("Missing-aware prompts", "frozen ViLT-B/32", "", "~46.3", "~86.1", "", "70% missing, image"),
-    ("Missing-aware prompts", "frozen ViLT-B/32", "", "~39.2", "~74.5", "", "70% missing, text"),
+    (
+        "Missing-aware prompts",
+        "frozen ViLT-B/32",
+        "",
+        "42.66",
+        "~79.1",
+        "",
+        "70% image or text missing",
+    ),
+    ("Missing-aware prompts", "frozen ViLT-B/32", "", "~46.3", "~86.1", "", "70% image missing"),
+    ("Missing-aware prompts", "frozen ViLT-B/32", "", "~39.2", "~74.5", "", "70% text missing"),
     (
         "Frozen CLIP baseline (Hu et al. NeurIPS 2024)",
         "frozen CLIP ViT-B/16",
@@ -73,7 +81,15 @@ PUBLISHED_TABLE1: tuple[tuple[str, ...], ...] = (
         "",
         "complete data",
     ),
-    ("Deep correlated prompting", "frozen CLIP ViT-B/16", "", "~54.3", "", "", "70% missing, both"),
+    (
+        "Deep correlated prompting",
+        "frozen CLIP ViT-B/16",
+        "",
+        "~54.3",
+        "",
+        "",
+        "70% image or text missing",
+    ),
     (
         "Deep correlated prompting",
         "frozen CLIP ViT-B/16",
@@ -81,9 +97,9 @@ PUBLISHED_TABLE1: tuple[tuple[str, ...], ...] = (
         "~57.1",
         "",
         "",
-        "70% missing, image",
+        "70% image missing",
     ),
-    ("Deep correlated prompting", "frozen CLIP ViT-B/16", "", "~51.5", "", "", "70% missing, text"),
+    ("Deep correlated prompting", "frozen CLIP ViT-B/16", "", "~51.5", "", "", "70% text missing"),
 )
 
 PUBLISHED_NOTES = (

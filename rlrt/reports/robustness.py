@@ -8,12 +8,14 @@ A results frame has one row per (model, setting, seed, metric): the columns of `
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pandas as pd
 
 from rlrt.engine.files import atomic_write_bytes, atomic_write_text
+from rlrt.reports.names import kind_title, metric_title, model_title, setting_title
+from rlrt.reports.plots import PANELS, figure_png, robustness_figure
+from rlrt.reports.tables import markdown_table
 
 COLUMNS = [
     "model",
@@ -30,12 +32,6 @@ COLUMNS = [
     "metric",
     "value",
 ]
-TYPE_COLORS = {"image": "tab:blue", "text": "tab:orange", "both": "tab:green"}
-MODEL_STYLES = ["-", "--", ":", "-."]
-KIND_LABELS = {  # legend entries: what was done to the test samples
-    "missing": {"image": "image missing", "text": "text missing", "both": "image or text missing"},
-    "noise": {"image": "image noise", "text": "text noise"},
-}
 
 
 def preferred_metric(frame: pd.DataFrame) -> str:
@@ -74,16 +70,17 @@ def _cell(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
 
 
-# The headline columns: (title, perturbation, kind, amount); kind None is any kind at amount 0.
+AMOUNT_TITLES = {"missing": "missing rate (%)", "noise": "noise level"}
+# The headline settings: (perturbation, kind, amount); kind None is any kind at amount 0.
 HEADLINE = [
-    ("complete", "missing", None, 0.0),
-    ("70% missing image", "missing", "image", 0.7),
-    ("70% missing text", "missing", "text", 0.7),
-    ("70% missing either", "missing", "both", 0.7),
-    ("no image", "missing", "image", 1.0),
-    ("no text", "missing", "text", 1.0),
-    ("image noise 10", "noise", "image", 10.0),
-    ("text noise 10", "noise", "text", 10.0),
+    ("missing", None, 0.0),
+    ("missing", "image", 0.7),
+    ("missing", "text", 0.7),
+    ("missing", "both", 0.7),
+    ("missing", "image", 1.0),
+    ("missing", "text", 1.0),
+    ("noise", "image", 10.0),
+    ("noise", "text", 10.0),
 ]
 
 
@@ -94,28 +91,26 @@ def headline(frame: pd.DataFrame, metric: str | None = None) -> str:
     stats = stats[stats["metric"] == metric]
     models = list(dict.fromkeys(frame["model"]))
     columns = []
-    for title, perturbation, kind, amount in HEADLINE:
+    for perturbation, kind, amount in HEADLINE:
         part = stats[(stats["perturbation"] == perturbation) & (stats["amount"] == amount)]
         if kind is not None:
             part = part[part["kind"] == kind]
         if not part.empty:
-            columns.append((title, part))
-    lines = [
-        f"| {metric} (%) | " + " | ".join(title for title, _ in columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
+            columns.append((setting_title(perturbation, kind, amount), part))
+    rows = []
     for model in models:
-        cells = []
+        cells = [model_title(model)]
         for _, part in columns:
-            rows = part[part["model"] == model]
-            cells.append("" if rows.empty else _cell(*rows.iloc[0][["mean", "std", "n"]]))
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            found = part[part["model"] == model]
+            cells.append("" if found.empty else _cell(*found.iloc[0][["mean", "std", "n"]]))
+        rows.append(cells)
+    header = [f"{metric_title(metric)} (%)", *(title for title, _ in columns)]
+    return markdown_table(rows, header)
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    """The headline table, then one table per metric and perturbation: rows are rates or
-    levels, columns model x type.
+    """The headline table, then one table per metric and perturbation type (the figure's
+    panels): rows are missing rates or noise levels, columns models.
 
     Values in %, mean ± std over protocol seeds and checkpoints (e.g. training seeds) where
     there are several.
@@ -123,91 +118,68 @@ def markdown(frame: pd.DataFrame) -> str:
     stats = summarize(frame)
     models = list(dict.fromkeys(frame["model"]))
     strategies = ", ".join(sorted({str(s) for s in frame["missing_strategy"]}))
-    fractions = ", ".join(sorted({f"{f:g}" for f in frame["noise_fraction"]}))
+    fractions = ", ".join(sorted({f"{f:.0%}" for f in frame["noise_fraction"]}))
     seeds = sorted({int(s) for s in frame["seed"]})
     checkpoints = frame.groupby("model", sort=False)["checkpoint"].nunique()
-    per_model = ", ".join(f"{m}: {checkpoints[m]}" for m in models)
+    per_model = ", ".join(f"{model_title(m)}: {checkpoints[m]}" for m in models)
     lines = [
-        f"Models: {', '.join(models)}. Checkpoints per model: {per_model}. Protocol seeds: "
-        f"{seeds}. Missing modality replaced by: {strategies}. Noise on a seeded {fractions} "
-        "of the test samples. Values in %, mean ± std over checkpoints x protocol seeds.",
+        f"Models: {', '.join(model_title(m) for m in models)}. Checkpoints per model: "
+        f"{per_model}. Protocol seeds: {seeds}. Missing modality replaced by: {strategies}. "
+        f'Noise on a seeded {fractions} of the test samples; "image or text missing": each '
+        "dropped sample loses its image or its text, half and half. Values in %, mean ± std "
+        "over checkpoints x protocol seeds.",
         "",
         headline(frame),
     ]
     metrics = list(dict.fromkeys(frame["metric"]))
     for metric in metrics:
-        for perturbation, axis in (("missing", "missing rate (%)"), ("noise", "noise level")):
-            part = stats[(stats["metric"] == metric) & (stats["perturbation"] == perturbation)]
+        for perturbation, kind in PANELS:  # the figure's panels, in its order
+            part = stats[
+                (stats["metric"] == metric)
+                & (stats["perturbation"] == perturbation)
+                & (stats["kind"] == kind)
+            ]
             if part.empty:
                 continue
-            kinds = list(dict.fromkeys(part["kind"]))
-            columns = [(m, k) for m in models for k in kinds]
-            title = "missing modality" if perturbation == "missing" else "noise"
-            label = (lambda m, k: k) if len(models) == 1 else (lambda m, k: f"{m}: {k}")
-            lines += [
-                f"### {metric}, {title}",
-                "",
-                "| " + " | ".join([axis] + [label(m, k) for m, k in columns]) + " |",
-                "|" + "---|" * (len(columns) + 1),
-            ]
-            cells = {(r.model, r.kind, r.amount): r for r in part.itertuples()}
+            cells = {(r.model, r.amount): r for r in part.itertuples()}
+            rows = []
             for amount in sorted(part["amount"].unique()):
-                shown = f"{100 * amount:.0f}" if perturbation == "missing" else f"{amount:g}"
-                row = [shown]
-                for model, kind in columns:
-                    r = cells.get((model, kind, amount))
+                row = [f"{100 * amount:.0f}" if perturbation == "missing" else f"{amount:g}"]
+                for model in models:
+                    r = cells.get((model, amount))
                     row.append("" if r is None else _cell(r.mean, r.std, r.n))
-                lines.append("| " + " | ".join(row) + " |")
-            lines.append("")
+                rows.append(row)
+            header = [AMOUNT_TITLES[perturbation], *(model_title(m) for m in models)]
+            lines += [
+                f"### {metric_title(metric)}, {kind_title(perturbation, kind)}",
+                "",
+                markdown_table(rows, header),
+            ]
     return "\n".join(lines)
 
 
+def plotted_metrics(frame: pd.DataFrame, metric: str | None = None) -> list[str]:
+    """The figure's rows: `metric` if given, else the task scores present (F1-macro and F1-micro,
+    or accuracy), else the headline metric."""
+    if metric:
+        return [metric]
+    present = set(frame["metric"])
+    scores = [m for m in ("f1_macro", "f1_micro", "acc") if m in present]
+    return scores or [preferred_metric(frame)]
+
+
 def plot_png(frame: pd.DataFrame, metric: str | None = None) -> bytes:
-    """Metric against missing rate (one line per model and type) and, in a second panel, against
-    noise level (one line per model and modality); bands show ± std over seeds. Returns PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = metric or preferred_metric(frame)
+    """The robustness figure (`rlrt.reports.plots.robustness_figure`) as PNG bytes."""
     stats = summarize(frame)
-    stats = stats[stats["metric"] == metric]
     models = list(dict.fromkeys(frame["model"]))
-    panels = [p for p in ("missing", "noise") if (stats["perturbation"] == p).any()]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.2 * max(len(panels), 1), 4.0))
-    axes = [axes] if len(panels) <= 1 else list(axes)
-    for ax, perturbation in zip(axes, panels):
-        part = stats[stats["perturbation"] == perturbation]
-        for m_index, model in enumerate(models):
-            for kind in dict.fromkeys(part["kind"]):
-                line = part[(part["model"] == model) & (part["kind"] == kind)]
-                line = line.sort_values("amount")
-                if line.empty:
-                    continue
-                x = 100 * line["amount"] if perturbation == "missing" else line["amount"]
-                y, band = 100 * line["mean"], 100 * line["std"]
-                what = KIND_LABELS[perturbation].get(kind, kind)
-                name = what if len(models) == 1 else f"{model}: {what}"
-                color = TYPE_COLORS.get(kind)
-                style = MODEL_STYLES[m_index % len(MODEL_STYLES)]
-                ax.plot(x, y, style, marker="o", ms=3, color=color, label=name)
-                if (band > 0).any():
-                    ax.fill_between(x, y - band, y + band, color=color, alpha=0.15)
-        if perturbation == "missing":
-            ax.set_xlabel("missing rate (%) at test time")
-            ax.set_title(f"{metric}: missing modality")
-        else:
-            ax.set_xlabel("noise level (image sd 10*level; text mask p 0.1*level)")
-            ax.set_title(f"{metric}: noise on half of the samples")
-        ax.set_ylabel(f"{metric} (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    noised = frame[frame["perturbation"] == "noise"]["noise_fraction"]
+    fractions = ", ".join(sorted({f"{f:.0%}" for f in noised}))
+    caption = "Test scores under missing modalities" + (
+        f" and noise (on a seeded {fractions} of the samples)" if fractions else ""
+    )
+    caption += "; mean ± std over checkpoints x protocol seeds"
+    figure = robustness_figure(stats, plotted_metrics(frame, metric), models, caption)
+    return figure_png(figure)
 
 
 def write_report(frame: pd.DataFrame, output: str | Path, metric: str | None = None) -> Path:
