@@ -1,3 +1,3 @@
 """rlrt: Robust Latent Representation Tuning for image-text classification (Sun & Song, 2024)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

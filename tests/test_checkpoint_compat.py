@@ -100,3 +100,24 @@ def test_a_version_0_1_checkpoint_resumes_training(
     resumed = read_checkpoint(last)
     assert resumed["epoch"] == 1
     assert resumed["global_step"] == 8  # 4 steps in the old epoch, 4 in the resumed one
+
+
+def test_a_config_naming_classes_by_their_0_1_paths_still_parses(tmp_path, capsys):
+    from rlrt.engine.lightning_cli import parse_only
+
+    trainer = tmp_path / "config.yaml"  # as a 0.1 run saved it
+    old = TRAINER_YAML + "  callbacks:\n    - class_path: rlrt.checkpoints.RunCheckpoint\n"
+    trainer.write_text(old)
+    configs = REPO / "configs"
+    config = parse_only(
+        [
+            *("--config", str(trainer)),
+            *("--config", str(configs / "data" / "demo.yaml")),
+            *("--config", str(configs / "model" / "demo.yaml")),
+        ]
+    )
+    (callback,) = config.trainer.callbacks
+    assert callback.class_path == "rlrt.engine.checkpoints.RunCheckpoint"
+    assert trainer.read_text() == old  # the user's file is left as it was
+    note = capsys.readouterr().err
+    assert f"{trainer} names classes moved in rlrt 0.2 (rlrt.checkpoints.RunCheckpoint)" in note

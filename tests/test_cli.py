@@ -78,6 +78,14 @@ def test_demo_command_writes_the_three_rows(in_tmp, tiny_vit_config, tiny_llama_
     assert complete is None or 0 < complete <= 1
     printed = capsys.readouterr().out
     assert "missing_image" in printed and "f1_macro" in printed
+    assert "DataLoader 0" not in printed  # one table, the demo's, not Lightning's three
+    # one run directory per demo: the fit, and its three tests inside it
+    (run,) = (in_tmp / "results" / "demo" / "runs" / "rlrt").iterdir()
+    tests = sorted(p.name for p in (run / "tests").iterdir())
+    assert tests == ["complete", "missing_image", "missing_text"]
+    for setting in tests:
+        written = json.loads((run / "tests" / setting / "metrics.json").read_text())
+        assert written["test/f1_macro"] == pytest.approx(rows[setting]["f1_macro"])
 
 
 def test_every_shipped_yaml_parses():

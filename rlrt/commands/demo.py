@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from rlrt.commands.cache import run_cache
+from rlrt.engine.console import quiet_restores
 from rlrt.engine.files import atomic_write_json
 from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.metrics import is_reported
@@ -46,6 +47,18 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return markdown_table(body, ["setting", *metrics])
 
 
+def inside_fit_run(fit_run: str | None, setting: str) -> list[str]:
+    """Logger arguments that put a test run in `<fit run>/tests/<setting>`: one run directory per
+    demo, holding the fit and its three tests."""
+    if fit_run is None:  # the user turned the logger off
+        return []
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": fit_run, "name": "tests", "version": setting},
+    }
+    return [f"--trainer.logger={json.dumps(logger)}"]
+
+
 def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(prog="rlrt demo", description=__doc__)
     parser.add_argument("--configs", default="configs", help="folder holding the shipped configs")
@@ -71,16 +84,19 @@ def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
     runs: dict[str, str] = {}
     for name, protocol in SETTINGS.items():
         callback = {"class_path": "callbacks.MissingModality", "init_args": protocol}
-        test = RLRTCLI(
-            args=[
-                "test",
-                *configs,
-                *overrides,
-                "--ckpt_path",
-                checkpoint,
-                f"--trainer.callbacks+={json.dumps(callback)}",
-            ]
-        )
+        with quiet_restores():  # the checkpoint is named once, in the summary below
+            test = RLRTCLI(
+                args=[
+                    "test",
+                    *configs,
+                    *overrides,
+                    *inside_fit_run(fit.trainer.log_dir, name),
+                    "--verbose=false",  # the table below holds the three settings' metrics
+                    "--ckpt_path",
+                    checkpoint,
+                    f"--trainer.callbacks+={json.dumps(callback)}",
+                ]
+            )
         rows[name] = {
             k.removeprefix("test/"): v
             for k, v in test.test_metrics.items()

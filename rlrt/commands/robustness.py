@@ -37,6 +37,7 @@ import pandas as pd
 from lightning.pytorch.cli import instantiate_class
 from tqdm.auto import tqdm
 
+from rlrt.engine.console import quiet_restores
 from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.metrics import is_reported
 from rlrt.reports.robustness import COLUMNS, write_report
@@ -114,7 +115,7 @@ class Evaluator:
         self, cli_args: list[str], checkpoint: str, strategy: str | None, fraction: float
     ) -> None:
 
-        self.cli = RLRTCLI(args=["test", *cli_args, "--ckpt_path", checkpoint])
+        self.cli = RLRTCLI(args=["test", *cli_args, "--verbose=false", "--ckpt_path", checkpoint])
         self.checkpoint = checkpoint
         self.strategy = strategy
         self.fraction = fraction
@@ -254,6 +255,18 @@ def run_robustness(argv: list[str]) -> pd.DataFrame:
         "--trainer.enable_model_summary=false",
     ]
     cli_args = [*run_config(checkpoint, overrides), *quiet, *overrides]
+    print(f"robustness: {len(grid)} grid points on {checkpoint}")
+    with quiet_restores():  # one checkpoint, restored at every grid point: named once, above
+        return _run_grid(args, grid, cli_args, checkpoint, output)
+
+
+def _run_grid(
+    args: argparse.Namespace,
+    grid: list[Setting],
+    cli_args: list[str],
+    checkpoint: Path,
+    output: Path,
+) -> pd.DataFrame:
     primary = Evaluator(cli_args, str(checkpoint), args.strategy, args.noise_fraction)
     raw: list[Evaluator] = []  # built on first need: noise on the raw inputs
 

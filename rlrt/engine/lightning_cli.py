@@ -25,6 +25,7 @@ import data_modules as _data_modules  # noqa: F401
 from rlrt.engine.checkpoints import find_intact_last_checkpoint, read_checkpoint
 from rlrt.engine.console import quiet_lightning
 from rlrt.engine.files import atomic_write_json
+from rlrt.engine.moved import upgrade_config_args
 from rlrt.engine.resume import ExactResume, SaveOnTerminate
 from rlrt.engine.run_folders import (
     NoOverwriteSaveConfig,
@@ -95,7 +96,10 @@ class RLRTCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         """Lightning's, without its warning that `args` and `sys.argv` are both given: the
         commands here (`rlrt demo`, `rlrt compare`, ...) build their runs from their own argument
-        lists on purpose, under their own command line."""
+        lists on purpose, under their own command line. Config files naming classes by their
+        paths before rlrt 0.2 are read with the current ones (`rlrt.engine.moved`)."""
+        if isinstance(args, list):
+            args = upgrade_config_args(args)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             try:
