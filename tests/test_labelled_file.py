@@ -119,8 +119,11 @@ def test_classes_from_the_file_or_given(tmp_path):
     small_dataset(tmp_path, train, val=[{"image": pic, "text": "v", "label": "b"}])
     found = module(tmp_path)
     assert found.task == "multiclass" and found.class_names == ["7", "a", "c"]
-    assert [r.label for r in found.dataset("train").records] == [2, 1, 2, 0]
-    assert len(found.dataset("val")) == 0  # "b" is no class of the train file
+    with pytest.warns(UserWarning, match="dropped 1 bad sample"):
+        kept = found.dataset("train").records
+    assert [r.label for r in kept] == [2, 1, 2, 0]
+    with pytest.warns(UserWarning, match="val: dropped 1 bad sample"):
+        assert len(found.dataset("val")) == 0  # "b" is no class of the train file
     assert [b.reason.split(":")[0] for b in found.bad_samples] == [
         "invalid label",
         "unknown label",
@@ -128,10 +131,14 @@ def test_classes_from_the_file_or_given(tmp_path):
     assert "line 1 of" in found.bad_samples[1].reason
 
     given = module(tmp_path, classes=["c", "b", "a", "7"], multilabel=False)
+    with pytest.warns(UserWarning, match="dropped 1 bad sample"):
+        given.dataset("train")
     assert [r.label for r in given.dataset("train").records] == [0, 2, 0, 3]
     assert [r.label for r in given.dataset("val").records] == [1]
 
     narrow = module(tmp_path, classes=["a"])
+    with pytest.warns(UserWarning, match="dropped 4 bad sample"):
+        narrow.dataset("train")
     assert [r.label for r in narrow.dataset("train").records] == [0]
     unknown = [b for b in narrow.bad_samples if b.reason.startswith("unknown label")]
     assert [b.id for b in unknown] == ["train.jsonl:1", "train.jsonl:3", "train.jsonl:4"]
@@ -211,6 +218,8 @@ def test_every_bad_row_is_reported_with_its_line(tmp_path):
         "train.jsonl:16": (None, "unreadable image"),
         "train.jsonl:19": (19, "malformed row"),
     }
+    with pytest.warns(UserWarning, match="dropped 16 bad sample"):
+        dm.dataset("train")
     assert [r.id for r in dm.dataset("train").records] == ["good", "train.jsonl:18"]
     assert dm.dataset("train").records[1].text == "" and dm.dataset("train").records[1].text_present
     got = {b.id: b.reason for b in dm.bad_samples if b.split == "train" and b.id != "good"}
@@ -238,7 +247,8 @@ def test_csv_rows_and_headers(tmp_path):
         (tmp_path / f"{split}.csv").write_text(f"image,text,labels\n{pic},x,a\n")
     dm = module(tmp_path, suffix="csv")
     assert dm.task == "multilabel" and dm.class_names == ["a", "b"]
-    records = dm.dataset("train").records
+    with pytest.warns(UserWarning, match="dropped 1 bad sample"):
+        records = dm.dataset("train").records
     assert [(r.id, r.label, r.text_present) for r in records] == [
         ("train.csv:2", [0, 1], True),
         ("train.csv:3", [], True),
@@ -300,7 +310,9 @@ def test_the_example_writer_command(tmp_path, capsys):
     with_image = [
         row["image"]
         for split in SPLITS
-        for row in csv.DictReader((tmp_path / "ex" / f"{split}.csv").open(encoding="utf-8"))
+        for row in csv.DictReader(
+            (tmp_path / "ex" / f"{split}.csv").read_text(encoding="utf-8").splitlines()
+        )
         if row["image"]
     ]
     assert sorted(p.name for p in (tmp_path / "ex" / "images").iterdir()) == sorted(
@@ -337,11 +349,13 @@ def test_cache_fit_test_and_robustness_on_own_data(
         "--trainer.accelerator=cpu",
         "--trainer.enable_progress_bar=false",
     ]
-    main(["cache", *args])
+    with pytest.warns(UserWarning, match="train: dropped 1 bad sample"):
+        main(["cache", *args])
     manifest = json.loads((cache / "test" / "manifest.json").read_text())
     assert manifest["num_samples"] == len(written["test"])
 
-    main(["fit", *args])
+    with pytest.warns(UserWarning, match="train: dropped 1 bad sample"):
+        main(["fit", *args])
     run = tmp_path / "runs" / "rlrt" / "version_0"
     report = json.loads((run / "bad_samples.json").read_text())
     assert report["kept"] == {"train": 32, "val": 12}

@@ -240,6 +240,8 @@ def test_file_names_cannot_leave_the_dataset_root(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "open", watching_open)
     dm = MMIMDBDataModule(root=str(root), image_size=16, batch_size=2)
+    with pytest.warns(UserWarning, match="dropped 4 bad sample"):
+        dm.dataset("train")
     assert [r.id for r in dm.dataset("train").records] == ["0000001"]
     bad = {b.id: b.reason for b in dm.bad_samples}
     assert set(bad) == set(escapes.values())

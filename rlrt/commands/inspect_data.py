@@ -22,6 +22,7 @@ import json
 import statistics
 import sys
 import textwrap
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -182,15 +183,18 @@ def run_inspect_data(argv: list[str]) -> dict[str, dict[str, Any]]:
             "(no dataset(split) / bad_samples); inspect-data reads those"
         )
     # A missing file or, with on_bad_sample="error", a bad sample raises here; `rlrt` prints it
-    # as one line.
-    summaries = {split: split_summary(datamodule, split) for split in SPLITS}
-    warnings = size_warnings(datamodule)
+    # as one line. The data module's "dropped N bad samples" warning is left out: the report
+    # below lists every dropped sample.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".* dropped \d+ bad sample")
+        summaries = {split: split_summary(datamodule, split) for split in SPLITS}
+    size_lines = size_warnings(datamodule)
     if args.json:
         keys = ("count", "dropped", "reasons")
         report = {"splits": {k: {f: s[f] for f in keys} for k, s in summaries.items()}}
         print(json.dumps(report))
     else:
         print(format_summary(datamodule, summaries))
-    for line in warnings:
+    for line in size_lines:
         print(line, file=sys.stderr)
     return summaries
