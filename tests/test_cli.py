@@ -115,7 +115,10 @@ def test_config_families_parse_with_the_cli_parser(trainer, data, model):
         run=False,
     )
     config = cli.config
-    assert config.model.image_encoder.class_path == "rlrt.encoders.FrozenImageEncoder"
+    assert config.model.image_encoder.class_path in {
+        "rlrt.encoders.FrozenImageEncoder",
+        "rlrt.encoders.FrozenCNNImageEncoder",
+    }
     assert config.data.class_path.startswith("data_modules.")
     # the image size is typed once, in the model config, and linked into the data config
     assert config.data.init_args.image_size == config.model.image_encoder.init_args.image_size
