@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: help install demo test test-all lint format clean bench bench-data robustness robustness-evidence cca-evidence ablations reproduce-table1
+.PHONY: help install demo test test-all lint format clean bench bench-data robustness robustness-evidence robustness-evidence-random-vit cca-evidence ablations reproduce-table1
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,8 +25,11 @@ test-all: install ## every test, slow ones included
 robustness: install ## missing-modality and noise grid of CKPT=<checkpoint> -> results/robustness/robustness.{csv,md,png}
 	$(OFFLINE) $(BIN)/rlrt robustness --ckpt_path "$(CKPT)" --output results/robustness $(ROBUSTNESS_ARGS)
 
-robustness-evidence: install ## RLRT vs late fusion vs modality dropout on the demo data, 3 training seeds x 2 protocol seeds (~20 min) -> docs/robustness/
-	$(OFFLINE) $(BIN)/rlrt compare --config configs/trainer/demo.yaml --config configs/data/demo.yaml --config configs/model/demo.yaml --trainer.max_epochs=40 --variants=full,late_fusion,modality_dropout --train_seeds=0,1,2 --seeds=0,1 --output=docs/robustness --workdir=results/evidence
+robustness-evidence: install ## RLRT vs late fusion vs modality dropout on the demo data with MobileNetV2 + MiniLM, 3 training seeds x 2 protocol seeds (~30 min) -> docs/robustness/
+	$(OFFLINE) $(BIN)/rlrt compare --config configs/trainer/demo.yaml --config configs/data/demo.yaml --config configs/model/demo.yaml --config configs/model/demo_mobilenet.yaml --trainer.max_epochs=40 --variants=full,late_fusion,modality_dropout --train_seeds=0,1,2 --seeds=0,1 --output=docs/robustness --workdir=results/evidence_mobilenet
+
+robustness-evidence-random-vit: install ## the same grid with the random ViT image encoder (~20 min) -> docs/robustness/random_vit/
+	$(OFFLINE) $(BIN)/rlrt compare --config configs/trainer/demo.yaml --config configs/data/demo.yaml --config configs/model/demo.yaml --trainer.max_epochs=40 --variants=full,late_fusion,modality_dropout --train_seeds=0,1,2 --seeds=0,1 --output=docs/robustness/random_vit --workdir=results/evidence
 
 cca-evidence: install ## L_CCA's weight beta (0 = no_cca) x 3 training seeds on the demo data: held-out cca_corr and F1 (~10 min) -> docs/cca/beta.{md,csv}
 	$(OFFLINE) $(BIN)/rlrt ablations --sweep configs/sweeps/cca.yaml --output docs/cca/beta
