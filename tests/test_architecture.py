@@ -63,16 +63,15 @@ def imports(path: Path, name: str, modules: dict[str, Path]) -> tuple[set[str], 
     return top, local
 
 
-def test_no_import_cycle_between_project_modules():
-    modules = project_modules()
-    graph = {name: imports(path, name, modules)[0] - {name} for name, path in modules.items()}
-    state: dict[str, int] = {}
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` (module -> modules it imports) as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: fully explored
     stack: list[str] = []
 
     def cycle_from(node: str) -> list[str] | None:
         state[node] = 1
         stack.append(node)
-        for nxt in sorted(graph[node]):
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
                 return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := cycle_from(nxt)):
@@ -82,9 +81,27 @@ def test_no_import_cycle_between_project_modules():
         return None
 
     for start in sorted(graph):
-        if start not in state:
-            found = cycle_from(start)
-            assert found is None, " -> ".join(found)
+        if start not in state and (found := cycle_from(start)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_project_modules():
+    modules = project_modules()
+    graph = {name: imports(path, name, modules)[0] - {name} for name, path in modules.items()}
+    found = find_cycle(graph)
+    assert found is None, " -> ".join(found)
+
+
+def test_the_cycle_search_finds_cycles_and_only_cycles():
+    # a diamond is not a cycle
+    assert find_cycle({"a": {"b", "c"}, "b": {"d"}, "c": {"d"}, "d": set()}) is None
+    # a three-module cycle reached through a module outside it
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"d"}, "d": {"b"}}) == ["b", "c", "d", "b"]
+    # a cycle in a second component, after an acyclic first one
+    assert find_cycle({"a": {"b"}, "b": set(), "x": {"y"}, "y": {"x"}}) == ["x", "y", "x"]
+    # a module importing itself
+    assert find_cycle({"a": {"a"}}) == ["a", "a"]
 
 
 def test_the_cycle_checker_sees_a_cycle(tmp_path, monkeypatch):

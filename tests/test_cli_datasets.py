@@ -49,7 +49,10 @@ def test_fit_then_test(name, tmp_path, monkeypatch, tiny_vit_config, tiny_llama_
     fake = writer(tmp_path / name, **kwargs)
     args = cli_args(name, fake.root, extra, tiny_vit_config, tiny_llama_dir)
 
-    fit = RLRTCLI(args=["fit", *args])
+    with pytest.warns(
+        UserWarning, match=r"(train|val): dropped \d+ bad sample"
+    ):  # the fakes are dirty
+        fit = RLRTCLI(args=["fit", *args])
     dm = fit.datamodule
     assert dm.root == fake.root and dm.image_size == 32  # --data.root; size linked from model
     assert (fit.model.num_classes, fit.model.task) == (num_classes, task)  # linked from data
@@ -66,7 +69,8 @@ def test_fit_then_test(name, tmp_path, monkeypatch, tiny_vit_config, tiny_llama_
     }
 
     checkpoint = fit.trainer.checkpoint_callback.best_model_path
-    test = RLRTCLI(args=["test", *args, "--ckpt_path", checkpoint])
+    with pytest.warns(UserWarning, match=r"test: dropped \d+ bad sample"):
+        test = RLRTCLI(args=["test", *args, "--ckpt_path", checkpoint])
     test_dir = Path(test.trainer.log_dir)
     assert test_dir != run_dir
     metrics = json.loads((test_dir / "metrics.json").read_text())

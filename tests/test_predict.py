@@ -126,15 +126,16 @@ def test_predict_csv_and_bad_rows(tmp_path, trained, tiny_vit_config, tiny_llama
         + json.dumps({"text": "fine"})
         + "\n"
     )
-    predict(
-        tmp_path,
-        trained,
-        tiny_vit_config,
-        tiny_llama_dir,
-        bad,
-        skipped,
-        "--data.init_args.on_bad_sample=skip",
-    )
+    with pytest.warns(UserWarning, match=r"pairs predict: dropped 2 bad sample"):
+        predict(
+            tmp_path,
+            trained,
+            tiny_vit_config,
+            tiny_llama_dir,
+            bad,
+            skipped,
+            "--data.init_args.on_bad_sample=skip",
+        )
     got = [json.loads(line) for line in skipped.read_text().splitlines()]
     assert [g["id"] for g in got] == ["3", "1", "2"]
     assert "labels" in got[0] and "missing image" in got[1]["error"]

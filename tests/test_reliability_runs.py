@@ -109,7 +109,11 @@ def test_a_full_disk_while_checkpointing_leaves_the_earlier_last_ckpt_intact(tmp
         return real_move(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "move", full_disk)
-    with pytest.raises(CheckpointWriteError) as raised:
+    # on purpose: the resumed fit writes into the same folder, from a mid-epoch step
+    resumed_here = pytest.warns(
+        UserWarning, match="exists and is not empty|dataloader is not resumable"
+    )
+    with resumed_here, pytest.raises(CheckpointWriteError) as raised:
         tiny_fit(folder, max_steps=4, ckpt_path=str(folder / "last.ckpt"))
     monkeypatch.setattr(shutil, "move", real_move)
 
