@@ -61,13 +61,67 @@ _BLOCK_PATHS = (
 
 
 class FrozenEncoder(nn.Module):
-    """Base of the frozen encoders: freezing, eval-mode pinning, and an identity record."""
+    """Base of the frozen encoders: weights loaded on first use, freezing, eval-mode pinning, and
+    an identity record.
 
-    def _freeze(self) -> None:
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
-        super().train(False)
+    A subclass reads its architecture at construction without the weights (built on PyTorch's
+    meta device: shapes, layer count, widths), so the trained head can be built around it, and
+    implements `_build()`, which makes the real model and reads the weights. `load()` calls it
+    once, on first use or when the model's `setup` needs online encoding; a fit, test or
+    robustness run from the feature cache never does, and never reads the weight files (a 7B text
+    model is 13.5 GB). The weights' content fingerprint is likewise read on first need, or taken
+    from the cache manifest whose features this model trains on (`adopt_weights_fingerprint`).
+    """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._loaded: nn.Module | None = None
+        self._fingerprint: tuple[str | None] | None = None  # (value,) once known
+        # Moves with the encoder (`.to(device)`): where `load()` puts the weights.
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+
+    # -- the weights
+    def _build(self) -> nn.Module:
+        """The real model with its weights read (on the CPU)."""
+        raise NotImplementedError
+
+    def _read_weights_fingerprint(self) -> str | None:
+        """The content fingerprint of the files that hold the weights (see `identity`)."""
+        raise NotImplementedError
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
+
+    def load(self) -> nn.Module:
+        """The frozen model with its weights, built on first call on the encoder's device."""
+        if self._loaded is None:
+            model = self._build()
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            model.train(False)
+            adopted = self._fingerprint
+            if adopted is not None and adopted[0] != self._read_weights_fingerprint():
+                raise ValueError(
+                    f"{type(self).__name__}: the weight files now differ from those that made "
+                    f"the cached features this model was set up with ({adopted[0]}); rebuild the "
+                    "cache with `rlrt cache --overwrite`, or restore the weights"
+                )
+            self._loaded = model.to(device=self._anchor.device)
+        return self._loaded
+
+    def weights_fingerprint(self) -> str | None:
+        """The weights' content fingerprint: adopted from a cache manifest, else read once."""
+        if self._fingerprint is None:
+            self._fingerprint = (self._read_weights_fingerprint(),)
+        return self._fingerprint[0]
+
+    def adopt_weights_fingerprint(self, fingerprint: str | None) -> None:
+        """Take the fingerprint a feature cache recorded: the features trained on are the cache's,
+        so the checkpoint records the weights that made them, without reading the files."""
+        self._fingerprint = (fingerprint,)
+
+    # -- freezing and identity
     def train(self, mode: bool = True) -> FrozenEncoder:
         # A LightningModule's train() recurses into children: dropout etc. must stay off here.
         return super().train(False)
@@ -77,9 +131,14 @@ class FrozenEncoder(nn.Module):
         cls = type(self)
         self.config = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
+    def identity_fields(self) -> dict[str, Any]:
+        """The identity without the weights' fingerprint: read from the config and the
+        architecture alone."""
+        raise NotImplementedError
+
     def identity(self) -> dict[str, Any]:
         """What makes this encoder's features what they are (stored in checkpoints and caches)."""
-        raise NotImplementedError
+        return {**self.identity_fields(), "weights_fingerprint": self.weights_fingerprint()}
 
 
 def _autocast(device: torch.device):
@@ -125,49 +184,60 @@ class FrozenImageEncoder(FrozenEncoder):
             token_grid=token_grid,
             init_seed=init_seed,
         )
-        import open_clip
-
         visual, model_name = _open_clip_visual(
             model_name, pretrained, config_file, image_size, init_seed, "FrozenImageEncoder"
-        )
+        )  # architecture only: on the meta device, no weights read
         if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer"):
             raise ValueError(
                 f"{model_name!r} is not a ViT; token states need a ViT image tower here "
                 "(class_path rlrt.encoders.FrozenCNNImageEncoder takes CNN towers)"
             )
-        self.visual = visual
         self.model_name = model_name
         self.pretrained = pretrained
+        self.config_file = config_file
         self.init_seed = init_seed
-        self._weights_fingerprint = image_weights_fingerprint(model_name, pretrained, config_file)
         self.image_size = image_size
         self.token_grid = token_grid
         self.num_blocks = len(visual.transformer.resblocks)
         self.layer_indices = select_layers(self.num_blocks, layers)
         self.width = visual.transformer.width
         self.embed_dim = int(visual.output_dim)
-        cfg = getattr(visual, "preprocess_cfg", {}) or {}
-        mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
-        std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+        mean, std = _open_clip_normalisation(visual, model_name, pretrained)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self._freeze()
+
+    @property
+    def visual(self) -> nn.Module:
+        """open_clip's vision tower with its weights (read on first use)."""
+        return self.load()
+
+    def _build(self) -> nn.Module:
+        visual, _ = _open_clip_visual(
+            self.model_name,
+            self.pretrained,
+            self.config_file,
+            self.image_size,
+            self.init_seed,
+            "FrozenImageEncoder",
+            weights=True,
+        )
+        return visual
+
+    def _read_weights_fingerprint(self) -> str | None:
+        return image_weights_fingerprint(self.model_name, self.pretrained, self.config_file)
 
     @property
     def num_tokens(self) -> int | None:
         return None if self.token_grid is None else 1 + self.token_grid**2
 
-    def identity(self) -> dict[str, Any]:
-        """Architecture, weights (tag; or the content fingerprint of a local checkpoint file,
-        folder or model config; or the seed of random weights), image size, layers, tap point,
-        pooling."""
-        weights = self.pretrained
-        if weights is not None and Path(weights).is_file():
-            weights = Path(weights).name  # where it lies does not matter; its content does
+    def identity_fields(self) -> dict[str, Any]:
+        """Architecture, weights (tag or checkpoint file name; with `identity`'s
+        `weights_fingerprint`, the content of a local checkpoint file, folder or model config; or
+        the seed of random weights), image size, layers, tap point, pooling."""
         identity = {
             "model_name": self.model_name,
-            "pretrained": weights,
-            "weights_fingerprint": self._weights_fingerprint,
+            # where a checkpoint file lies does not matter; its content (the fingerprint) does
+            "pretrained": None if self.pretrained is None else Path(self.pretrained).name,
             "image_size": self.image_size,
             "layers": list(self.layer_indices),
             "tap": TAP,
@@ -297,69 +367,87 @@ class FrozenCNNImageEncoder(FrozenImageEncoder):
             raise ValueError("weights_file is for torchvision_model; open_clip takes pretrained")
         if width is not None and width < 1:
             raise ValueError(f"width must be a positive channel count or null, got {width}")
-        if torchvision_model is not None:
-            path = None if weights_file is None else resolve_weights_file(weights_file)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed)
-                tower = TorchvisionTower(torchvision_model, path)
-            self.model_name = torchvision_model
-            self._weights_fingerprint = None if path is None else file_fingerprint(path)
-            random_weights = path is None
-        else:
-            visual, model_name = _open_clip_visual(
-                model_name, pretrained, config_file, image_size, init_seed, "FrozenCNNImageEncoder"
-            )
-            if hasattr(visual, "transformer"):
-                raise ValueError(
-                    f"{model_name!r} is a ViT: use class_path rlrt.encoders.FrozenImageEncoder"
-                )
-            import open_clip
-
-            cfg = getattr(visual, "preprocess_cfg", {}) or {}
-            tower = OpenClipCNNTower(
-                visual,
-                cfg.get("mean", open_clip.OPENAI_DATASET_MEAN),
-                cfg.get("std", open_clip.OPENAI_DATASET_STD),
-            )
-            tower.count_stages(image_size)
-            self.model_name = model_name
-            self._weights_fingerprint = image_weights_fingerprint(
-                model_name, pretrained, config_file
-            )
-            random_weights = pretrained is None
-        self.tower = tower
         self.source = "torchvision" if torchvision_model is not None else "open_clip"
+        self.model_name = torchvision_model or model_name
         self.weights = weights_file if torchvision_model is not None else pretrained
-        self.random_weights = random_weights
+        self.random_weights = self.weights is None
         self.pretrained = pretrained
+        self.config_file = config_file
         self.init_seed = init_seed
         self.image_size = image_size
         self.token_grid = token_grid
+        tower = self._make_tower(weights=False).eval()  # architecture only, on the meta device
         self.num_blocks = tower.num_stages
         self.layer_indices = select_layers(self.num_blocks, layers)
         self.register_buffer("mean", torch.tensor(tower.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(tower.std).view(1, 3, 1, 1), persistent=False)
-        self._freeze()
-        # One blank image gives every selected stage's channels and the embedding's size.
+        # One blank image gives every selected stage's channels and the embedding's size (shapes
+        # only: it runs on the meta device).
         with torch.no_grad():
-            probe = torch.zeros(1, 3, image_size, image_size)
+            probe = torch.zeros(1, 3, image_size, image_size, device="meta")
             maps, embedding = tower(probe, self.layer_indices)
         self.stage_channels = [int(m.shape[1]) for m in maps]
         self.width = width or max(self.stage_channels)
         self.embed_dim = int(embedding.shape[-1])
 
-    def identity(self) -> dict[str, Any]:
-        """Source and architecture, weights (file name or `package:` spec, or tag, with the
-        content fingerprint of a local file; or the seed of random weights), image size, stages,
-        tap point, pooling and token width."""
+    @property
+    def tower(self) -> nn.Module:
+        """The tower with its weights (read on first use): `rlrt.image_towers`."""
+        return self.load()
+
+    def _make_tower(self, weights: bool) -> TorchvisionTower | OpenClipCNNTower:
+        """The tower on the meta device (`weights` False) or on the CPU with its weights."""
+        if self.source == "torchvision":
+            if not weights:
+                with torch.device("meta"):
+                    return TorchvisionTower(self.model_name, None)
+            path = None if self.weights is None else resolve_weights_file(self.weights)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.init_seed)
+                return TorchvisionTower(self.model_name, path)
+        visual, model_name = _open_clip_visual(
+            self.model_name,
+            self.pretrained,
+            self.config_file,
+            self.image_size,
+            self.init_seed,
+            "FrozenCNNImageEncoder",
+            weights=weights,
+        )
+        if hasattr(visual, "transformer"):
+            raise ValueError(
+                f"{model_name!r} is a ViT: use class_path rlrt.encoders.FrozenImageEncoder"
+            )
+        self.model_name = model_name
+        tower = OpenClipCNNTower(
+            visual, *_open_clip_normalisation(visual, model_name, self.pretrained)
+        )
+        tower.count_stages(self.image_size)
+        return tower
+
+    def _build(self) -> nn.Module:
+        return self._make_tower(weights=True)
+
+    def _read_weights_fingerprint(self) -> str | None:
+        if self.source == "torchvision":
+            return (
+                None
+                if self.weights is None
+                else file_fingerprint(resolve_weights_file(self.weights))
+            )
+        return image_weights_fingerprint(self.model_name, self.pretrained, self.config_file)
+
+    def identity_fields(self) -> dict[str, Any]:
+        """Source and architecture, weights (file name or `package:` spec, or tag; with
+        `identity`'s `weights_fingerprint`, the content of a local file; or the seed of random
+        weights), image size, stages, tap point, pooling and token width."""
         weights = self.weights
-        if weights is not None and not weights.startswith("package:") and Path(weights).is_file():
+        if weights is not None and not weights.startswith("package:"):
             weights = Path(weights).name  # where it lies does not matter; its content does
         identity = {
             "source": self.source,
             "model_name": self.model_name,
             "weights": weights,
-            "weights_fingerprint": self._weights_fingerprint,
             "image_size": self.image_size,
             "layers": list(self.layer_indices),
             "tap": CNN_TAP,
@@ -405,9 +493,13 @@ def _open_clip_visual(
     image_size: int,
     init_seed: int,
     owner: str,
+    weights: bool = False,
 ) -> tuple[nn.Module, str]:
-    """open_clip's vision tower `model.visual` (random weights seeded by `init_seed` when
-    `pretrained` is None) and the model name, checked against `image_size`."""
+    """open_clip's vision tower `model.visual` and the model name, checked against `image_size`.
+
+    With `weights` False the tower is built on the meta device (the architecture, nothing read or
+    initialised); with True on the CPU, its weights from `pretrained` (random, seeded by
+    `init_seed`, when None)."""
     import open_clip
 
     if config_file is not None:
@@ -425,6 +517,25 @@ def _open_clip_visual(
             f"open_clip has no model {model_name!r}; pick one of open_clip.list_models() "
             "(e.g. ViT-L-14) or give config_file= a JSON model config"
         )
+    if not weights:
+        with _without_random_init_notice(True):
+            visual = open_clip.create_model(model_name, pretrained=None, device="meta").visual
+    else:
+        visual = _open_clip_weights(model_name, pretrained, init_seed)
+    native = visual.image_size
+    native = native[0] if isinstance(native, (tuple, list)) else native
+    if native != image_size:
+        raise ValueError(
+            f"{model_name!r} takes {native}px images but image_size={image_size}; "
+            f"set image_size: {native} in the image encoder config"
+        )
+    return visual, model_name
+
+
+def _open_clip_weights(model_name: str, pretrained: str | None, init_seed: int) -> nn.Module:
+    """The vision tower of `model_name` with the weights of `pretrained`, on the CPU."""
+    import open_clip
+
     if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).is_file():
         raise FileNotFoundError(f"image encoder checkpoint {pretrained!r} does not exist")
     with torch.random.fork_rng(devices=[]):
@@ -440,15 +551,24 @@ def _open_clip_visual(
                 f"({' '.join(str(err).split())}); give a tag whose weights are cached here, "
                 "or a local checkpoint file"
             ) from err
-    visual = clip.visual
-    native = visual.image_size
-    native = native[0] if isinstance(native, (tuple, list)) else native
-    if native != image_size:
-        raise ValueError(
-            f"{model_name!r} takes {native}px images but image_size={image_size}; "
-            f"set image_size: {native} in the image encoder config"
-        )
-    return visual, model_name
+    return clip.visual
+
+
+def _open_clip_normalisation(
+    visual: nn.Module, model_name: str, pretrained: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pixel mean and std open_clip sets for `model_name` with `pretrained`: a pretrained tag's
+    own, else the model config's (which `visual`, built without weights, carries)."""
+    import open_clip
+
+    cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})
+    if pretrained is not None:  # a tag's config; {} for a checkpoint file
+        tagged = open_clip.get_pretrained_cfg(model_name, pretrained)
+        cfg.update({key: tagged[key] for key in ("mean", "std") if tagged.get(key)})
+    return (
+        tuple(cfg.get("mean") or open_clip.OPENAI_DATASET_MEAN),
+        tuple(cfg.get("std") or open_clip.OPENAI_DATASET_STD),
+    )
 
 
 def image_weights_fingerprint(
@@ -524,68 +644,77 @@ class FrozenTextEncoder(FrozenEncoder):
             revision=revision,
             trust_remote_code=trust_remote_code,
         )
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_model_path(model_name_or_path)
         if Path(path).is_absolute() or path.startswith("."):
             if not Path(path).is_dir():
                 raise FileNotFoundError(f"text model folder {path!r} does not exist")
-        try:
+        # The tokenizer and config.json, not the weights (`load()` reads those on first use).
+        with _text_model_errors(model_name_or_path):
             tokenizer = AutoTokenizer.from_pretrained(
                 path, revision=revision, trust_remote_code=trust_remote_code
             )
-            with _without_loading_bar():
-                model = AutoModel.from_pretrained(
-                    path,
-                    revision=revision,
-                    trust_remote_code=trust_remote_code,
-                    dtype=getattr(torch, dtype),
-                )
-        except OSError as err:
-            raise FileNotFoundError(
-                f"cannot load text model {model_name_or_path!r}: give a local folder with "
-                f"config.json and weights, or a hub id reachable from here "
-                f"({err.__class__.__name__})"
-            ) from err
+            config = AutoConfig.from_pretrained(
+                path, revision=revision, trust_remote_code=trust_remote_code
+            )
+        with torch.device("meta"):  # the architecture only, to find its blocks
+            architecture = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
         if tokenizer.pad_token is None:
             # LLaMA tokenizers ship without a pad token; padding is masked out anyway.
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if pooling == "auto":
             pooling = "cls" if tokenizer.cls_token is not None else "last"
-        self.model = model
         self.tokenizer = tokenizer
         self.model_name_or_path = model_name_or_path
+        self.path = path
         self.revision = revision
+        self.trust_remote_code = trust_remote_code
         self.dtype_name = dtype
-        self._weights_fingerprint = (
-            folder_fingerprint(path)
-            if Path(path).is_dir()
-            else hub_snapshot_commit(path, revision)  # the snapshot loaded, even at revision None
-        )
+        self.model_type = config.model_type
         self.pooling = pooling
         self.segments = segments
         self.max_length = max_length
-        self.num_blocks = int(model.config.num_hidden_layers)
+        self.num_blocks = int(config.num_hidden_layers)
         self.layer_indices = select_layers(self.num_blocks, layers)
-        # A path, not the module: a second attribute would register the blocks twice.
-        self._blocks_path = find_blocks(model, self.num_blocks)
-        self.width = int(model.config.hidden_size)
+        self._blocks_path = find_blocks(architecture, self.num_blocks)
+        self.width = int(config.hidden_size)
         self.embed_dim = self.width
-        self._freeze()
+
+    @property
+    def model(self) -> nn.Module:
+        """The `transformers` model with its weights (read on first use)."""
+        return self.load()
+
+    def _build(self) -> nn.Module:
+        from transformers import AutoModel
+
+        with _text_model_errors(self.model_name_or_path), _without_loading_bar():
+            return AutoModel.from_pretrained(
+                self.path,
+                revision=self.revision,
+                trust_remote_code=self.trust_remote_code,
+                dtype=getattr(torch, self.dtype_name),
+            )
+
+    def _read_weights_fingerprint(self) -> str | None:
+        if Path(self.path).is_dir():
+            return folder_fingerprint(self.path)
+        return hub_snapshot_commit(self.path, self.revision)  # the snapshot loaded, even at None
 
     @property
     def num_tokens(self) -> int | None:
         return self.segments
 
-    def identity(self) -> dict[str, Any]:
-        """Model (name and revision; the content fingerprint of a local folder, or the commit
-        of the cached hub snapshot), weights dtype, layers, tap point, pooling and truncation."""
+    def identity_fields(self) -> dict[str, Any]:
+        """Model (name and revision; with `identity`'s `weights_fingerprint`, the content of a
+        local folder or the commit of the cached hub snapshot), weights dtype, layers, tap point,
+        pooling and truncation."""
         return {
             "model_name_or_path": self.model_name_or_path,
             "revision": self.revision,
-            "weights_fingerprint": self._weights_fingerprint,
             "dtype": self.dtype_name,
-            "model_type": self.model.config.model_type,
+            "model_type": self.model_type,
             "layers": list(self.layer_indices),
             "tap": TAP,
             "segments": self.segments,
@@ -658,6 +787,18 @@ class FrozenTextEncoder(FrozenEncoder):
         else:
             embedding = masked_mean(last, mask)
         return tokens, pooled[0][1], embedding
+
+
+@contextlib.contextmanager
+def _text_model_errors(name: str) -> Iterator[None]:
+    """transformers' OSError for a missing folder, file or hub id, as one line naming `name`."""
+    try:
+        yield
+    except OSError as err:
+        raise FileNotFoundError(
+            f"cannot load text model {name!r}: give a local folder with config.json and weights, "
+            f"or a hub id reachable from here ({err.__class__.__name__})"
+        ) from err
 
 
 def find_blocks(model: nn.Module, depth: int) -> str:

@@ -176,7 +176,8 @@ class OpenClipCNNTower(nn.Module):
 
     def count_stages(self, image_size: int) -> int:
         """Run one blank image through every stage: the depth open_clip / timm report."""
-        probe = torch.zeros(1, 3, image_size, image_size)
+        device = next(self.visual.parameters()).device  # the meta device: shapes only
+        probe = torch.zeros(1, 3, image_size, image_size, device=device)
         with torch.no_grad():
             out = self.visual.forward_intermediates(probe, indices=None, intermediates_only=True)
         self._num_stages = len(out["image_intermediates"])

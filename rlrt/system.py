@@ -304,7 +304,8 @@ class RLRT(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Refuse a data module with another number of classes, and a feature cache built with
-        other encoders than this model's."""
+        other encoders than this model's; load the encoders' weights when the data is encoded
+        online (before a DDP wrap sees the model), never when it comes from the cache."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         data_classes = getattr(datamodule, "num_classes", None)
         if isinstance(data_classes, int) and data_classes != self.num_classes:
@@ -315,9 +316,10 @@ class RLRT(LightningModule):
             )
         manifest = getattr(datamodule, "feature_cache_manifest", None)
         if manifest is not None:
-            check_fields(
-                manifest, {"encoders": self.encoder_identity()}, Path(str(datamodule.feature_cache))
-            )
+            self.adopt_cache_encoders(manifest, Path(str(datamodule.feature_cache)))
+        else:
+            self.image_encoder.load()
+            self.text_encoder.load()
 
     # ---------------------------------------------------------------- steps
     def task_loss(self, logits: Tensor, label: Tensor) -> Tensor:
@@ -462,6 +464,23 @@ class RLRT(LightningModule):
 
     def encoder_identity(self) -> dict[str, Any]:
         return {"image": self.image_encoder.identity(), "text": self.text_encoder.identity()}
+
+    def adopt_cache_encoders(self, manifest: dict[str, Any], folder: Path) -> None:
+        """Check a feature cache's encoders against this model's config (everything but the
+        weights' fingerprint, which would mean reading the weight files), then take the cache's
+        fingerprints: the head trains on the cache's features, so its checkpoint records the
+        weights that made them. An online run later compares them with the files."""
+        saved = manifest.get("encoders")
+        saved = saved if isinstance(saved, dict) else {}
+        encoders = {"image": self.image_encoder, "text": self.text_encoder}
+        without_fingerprints = {
+            side: {k: v for k, v in (saved.get(side) or {}).items() if k != "weights_fingerprint"}
+            for side in encoders
+        }
+        ours = {side: encoder.identity_fields() for side, encoder in encoders.items()}
+        check_fields({"encoders": without_fingerprints}, {"encoders": ours}, folder)
+        for side, encoder in encoders.items():
+            encoder.adopt_weights_fingerprint(saved[side].get("weights_fingerprint"))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the trainable part and the encoders' identity, never the frozen weights."""

@@ -14,19 +14,25 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
-def demo_args(tmp_path, tiny_vit_config, tiny_llama_dir, num_movies=48):
+def demo_args(
+    tmp_path, tiny_vit_config, tiny_llama_dir, num_movies=48, model="demo.yaml", encoders=None
+):
+    """The demo's configs, shrunk: the model config `model` (under `configs/model/`) with the
+    tiny encoders, or with the encoder overrides `encoders` when given."""
+    if encoders is None:
+        encoders = tiny_encoder_args(tiny_vit_config, tiny_llama_dir)
     return [
         "--config",
         str(CONFIGS / "trainer" / "demo.yaml"),
         "--config",
         str(CONFIGS / "data" / "demo.yaml"),
         "--config",
-        str(CONFIGS / "model" / "demo.yaml"),
+        str(CONFIGS / "model" / model),
         f"--data.init_args.root={tmp_path / 'demo_data'}",
         f"--data.init_args.num_movies={num_movies}",
         "--data.init_args.batch_size=16",
         "--data.init_args.num_workers=0",
-        *tiny_encoder_args(tiny_vit_config, tiny_llama_dir),
+        *encoders,
         "--trainer.max_epochs=2",
         "--trainer.enable_progress_bar=false",
     ]

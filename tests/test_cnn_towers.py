@@ -10,13 +10,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from data_modules import DemoMMIMDBDataModule
 from rlrt.cli import main
-from rlrt.encoders import FrozenCNNImageEncoder, FrozenImageEncoder, FrozenTextEncoder
+from rlrt.encoders import FrozenCNNImageEncoder, FrozenImageEncoder
 from rlrt.features import pool_feature_map
 from rlrt.image_towers import match_width, resolve_weights_file
-from rlrt.system import RLRT
-from tests.test_feature_cache import fit
+from tests.test_cli import demo_args
+from tests.test_feature_cache import fit, make_pair
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -216,31 +215,23 @@ def test_bad_sources_are_refused_in_one_line(tmp_path, tiny_vit_config, mobilene
         FrozenCNNImageEncoder(config_file=str(tiny_vit_config), image_size=32)
     with pytest.raises(ValueError, match="torchvision has no classification model"):
         FrozenCNNImageEncoder(torchvision_model="mobilenet_v9", image_size=32)
+    # The weights are read on first use (`load()`: the model's setup, when encoding online), so
+    # that a fit from the feature cache never needs them.
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        mobilenet(tmp_path / "absent.pth")
+        mobilenet(tmp_path / "absent.pth").load()
     with pytest.raises(FileNotFoundError, match="package 'no_such_weights' is not installed"):
-        mobilenet("package:no_such_weights/x.pth")
+        mobilenet("package:no_such_weights/x.pth").load()
     wrong = tmp_path / "resnet.pth"
     from torchvision.models import resnet18
 
     torch.save(resnet18().state_dict(), wrong)
     with pytest.raises(ValueError, match="is not a mobilenet_v2 state dict"):
-        mobilenet(wrong)
+        mobilenet(wrong).load()
 
 
 def cnn_args(tmp_path, weights_file, llama_dir, num_movies=48):
     """`rlrt` arguments for the demo configs with the MobileNetV2 model config, shrunk."""
-    return [
-        "--config",
-        str(CONFIGS / "trainer" / "demo.yaml"),
-        "--config",
-        str(CONFIGS / "data" / "demo.yaml"),
-        "--config",
-        str(CONFIGS / "model" / "demo_mobilenet.yaml"),
-        f"--data.init_args.root={tmp_path / 'demo_data'}",
-        f"--data.init_args.num_movies={num_movies}",
-        "--data.init_args.batch_size=16",
-        "--data.init_args.num_workers=0",
+    encoders = [
         f"--model.image_encoder.init_args.weights_file={weights_file}",
         "--model.image_encoder.init_args.image_size=32",
         "--model.image_encoder.init_args.layers=2",
@@ -249,10 +240,11 @@ def cnn_args(tmp_path, weights_file, llama_dir, num_movies=48):
         "--model.text_encoder.init_args.layers=2",
         "--model.text_encoder.init_args.pooling=last",
         "--model.common_dim=8",
-        "--trainer.max_epochs=2",
         "--trainer.log_every_n_steps=1",
-        "--trainer.enable_progress_bar=false",
     ]
+    return demo_args(
+        tmp_path, None, llama_dir, num_movies, model="demo_mobilenet.yaml", encoders=encoders
+    )
 
 
 def test_fit_cache_fit_from_cache_and_test_through_the_cli(
@@ -273,25 +265,8 @@ def test_fit_cache_fit_from_cache_and_test_through_the_cli(
 
 
 def cnn_pair(tmp_path, weights_file, llama_dir, feature_cache=None):
-    from lightning import seed_everything
-
-    data = DemoMMIMDBDataModule(
-        root=str(tmp_path / "demo_data"),
-        num_movies=60,
-        batch_size=16,
-        image_size=32,
-        feature_cache=None if feature_cache is None else str(feature_cache),
-    )
-    seed_everything(0)  # same head initialisation for both runs
-    model = RLRT(
-        image_encoder=mobilenet(weights_file),
-        text_encoder=FrozenTextEncoder(
-            model_name_or_path=str(llama_dir), layers=2, pooling="last", max_length=64
-        ),
-        num_classes=data.num_classes,
-        task=data.task,
-        common_dim=8,
-        lr=1e-3,
+    data, model = make_pair(
+        tmp_path, None, llama_dir, feature_cache, image_encoder=mobilenet(weights_file)
     )
     assert isinstance(model.image_encoder, FrozenImageEncoder)  # what the model's type asks
     return data, model

@@ -34,7 +34,10 @@ def build_cache(tmp_path, tiny_vit_config, tiny_llama_dir, cache, *extra):
     return args
 
 
-def make_pair(tmp_path, tiny_vit_config, tiny_llama_dir, feature_cache=None, text_layers=2):
+def make_pair(
+    tmp_path, tiny_vit_config, tiny_llama_dir, feature_cache=None, text_layers=2, image_encoder=None
+):
+    """A demo data module and an RLRT on the tiny encoders (or `image_encoder`), head seeded."""
     data = DemoMMIMDBDataModule(
         root=str(tmp_path / "demo_data"),
         num_movies=60,
@@ -44,7 +47,8 @@ def make_pair(tmp_path, tiny_vit_config, tiny_llama_dir, feature_cache=None, tex
     )
     seed_everything(0)  # same head initialisation for both runs
     model = RLRT(
-        image_encoder=FrozenImageEncoder(config_file=str(tiny_vit_config), image_size=32, layers=2),
+        image_encoder=image_encoder
+        or FrozenImageEncoder(config_file=str(tiny_vit_config), image_size=32, layers=2),
         text_encoder=FrozenTextEncoder(
             model_name_or_path=str(tiny_llama_dir),
             layers=text_layers,
@@ -169,21 +173,29 @@ def test_a_cache_for_other_encoder_layers_is_refused(
         fit(data, model, tmp_path, epochs=1)
 
 
-def test_a_cache_of_weights_changed_in_place_is_refused(
+def test_weights_changed_in_place_are_caught_where_they_are_read(
     tmp_path, tiny_vit_config, tiny_llama_dir, monkeypatch
 ):
-    """The same folder, other weights (a fine-tune saved over the old one): refused by content."""
+    """The same folder, other weights (a fine-tune saved over the old one). A fit from the cache
+    trains on the cache's features and never reads the weights: it records the weights that made
+    them; whatever reads the changed files (online encoding, `rlrt cache`) refuses by content."""
     monkeypatch.chdir(tmp_path)
     llama = tmp_path / "llama"
     shutil.copytree(tiny_llama_dir, llama)
     build_cache(tmp_path, tiny_vit_config, llama, tmp_path / "cache")
+    built = SplitCacheReader(tmp_path / "cache" / "train").manifest["encoders"]["text"]
     weights = next(p for p in llama.iterdir() if p.suffix in (".safetensors", ".bin"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
     data, model = make_pair(tmp_path, tiny_vit_config, llama, tmp_path / "cache")
+    fit(data, model, tmp_path, epochs=1)
+    assert not model.text_encoder.is_loaded
+    assert model.encoder_identity()["text"] == built
+    with pytest.raises(ValueError, match="weight files now differ"):
+        model.text_encoder.load()
     with pytest.raises(CacheMismatchError, match=r"encoders\.text\.weights_fingerprint"):
-        fit(data, model, tmp_path, epochs=1)
+        build_cache(tmp_path, tiny_vit_config, llama, tmp_path / "cache")
 
 
 def test_a_cache_for_other_samples_is_refused(cache, tmp_path, tiny_vit_config, tiny_llama_dir):

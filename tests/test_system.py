@@ -62,6 +62,8 @@ def test_training_leaves_encoders_bit_identical_and_moves_the_head(
     image_encoder, text_encoder, tmp_path
 ):
     model = make_model(image_encoder, text_encoder)
+    model.image_encoder.load()  # the weights are read on first use
+    model.text_encoder.load()
     frozen = {
         k: v.clone() for k, v in model.state_dict().items() if k.startswith(("image_", "text_"))
     }

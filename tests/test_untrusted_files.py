@@ -163,29 +163,46 @@ def test_find_last_checkpoint_picks_the_newest(tmp_path):
 
 @pytest.fixture()
 def recorded_from_pretrained(monkeypatch):
-    """Record the keyword arguments of `AutoModel/AutoTokenizer.from_pretrained` (and load)."""
+    """Record the keyword arguments of every `transformers` entry that may run a model's code:
+    `AutoConfig/AutoTokenizer/AutoModel.from_pretrained` and `AutoModel.from_config` (and run
+    them)."""
     import transformers
 
     calls = []
-    for name in ("AutoModel", "AutoTokenizer"):
+    for name, method in (
+        ("AutoConfig", "from_pretrained"),
+        ("AutoTokenizer", "from_pretrained"),
+        ("AutoModel", "from_pretrained"),
+        ("AutoModel", "from_config"),
+    ):
         cls = getattr(transformers, name)
-        original = cls.from_pretrained
+        original = getattr(cls, method)
 
-        def recording(*args, _original=original, _name=name, **kwargs):
+        def recording(*args, _original=original, _name=f"{name}.{method}", **kwargs):
             calls.append((_name, kwargs))
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(cls, "from_pretrained", recording)
+        monkeypatch.setattr(cls, method, recording)
     return calls
 
 
 def test_trust_remote_code_is_off_unless_set(recorded_from_pretrained, tiny_llama_dir):
-    FrozenTextEncoder(model_name_or_path=str(tiny_llama_dir), layers=1)
-    assert {name for name, _ in recorded_from_pretrained} == {"AutoModel", "AutoTokenizer"}
+    encoder = FrozenTextEncoder(model_name_or_path=str(tiny_llama_dir), layers=1)
+    encoder.load()  # the weights, read on first use
+    assert {name for name, _ in recorded_from_pretrained} == {
+        "AutoConfig.from_pretrained",
+        "AutoTokenizer.from_pretrained",
+        "AutoModel.from_config",  # the architecture alone, on the meta device
+        "AutoModel.from_pretrained",
+    }
     assert all(kwargs["trust_remote_code"] is False for _, kwargs in recorded_from_pretrained)
 
     recorded_from_pretrained.clear()
-    FrozenTextEncoder(model_name_or_path=str(tiny_llama_dir), layers=1, trust_remote_code=True)
+    encoder = FrozenTextEncoder(
+        model_name_or_path=str(tiny_llama_dir), layers=1, trust_remote_code=True
+    )
+    encoder.load()
+    assert len({name for name, _ in recorded_from_pretrained}) == 4
     assert all(kwargs["trust_remote_code"] is True for _, kwargs in recorded_from_pretrained)
 
 
