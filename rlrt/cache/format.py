@@ -20,6 +20,13 @@ Layout of a cache folder (plain `.npy` arrays and JSON; nothing is pickled):
 Arrays are memory-mapped for reading. Images are stored once per distinct image file (SNLI-VE
 serves ~18 hypotheses per image). The image mask is all True by construction and not stored.
 
+Storage dtype (the manifest's `dtype`, chosen by `rlrt cache --storage_dtype`): `float16` as
+above, or `int8`, about half the bytes: each of the four feature arrays is stored as int8 values
+`round(x / s)` with one float32 scale `s = max|x| / 127` per feature vector (the last axis) in
+`<name>_scale.npy`, shaped like the array without its last axis (e.g. `image_tokens_scale.npy`
+`(M, L_s, N_i)`); a zero vector has `s = 0` and reads back as zeros. A value is off by at most
+`s / 2`. Readers dequantize when they gather rows: they see float16 either way.
+
 `<cache>/.rlrt-cache.lock` is held (`flock`, exclusive) by the `rlrt cache` writing the folder;
 it holds `{"pid": N}` of that process while held, `{}` after. A reader refuses an incomplete
 split while it is held.
@@ -55,8 +62,10 @@ from torch import Tensor
 from rlrt.engine.files import atomic_write_json
 from rlrt.features import Features
 
+# int8 caches keep version 1: an rlrt that predates them refuses their manifest's dtype
 FORMAT_VERSION = 1
-STORAGE_DTYPE = np.float16
+STORAGE_DTYPES = {"float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}
+SCALE_DTYPE = np.dtype(np.float32)
 
 
 LOCK_NAME = ".rlrt-cache.lock"
@@ -126,6 +135,10 @@ class CacheCorruptError(ValueError):
 
 class CacheBusyError(ValueError):
     """The cache folder is being written by another `rlrt cache`."""
+
+
+class CacheSpaceError(ValueError):
+    """The cache would not fit in the free space of its disk (found before any work)."""
 
 
 def damaged(path: Path, what: str) -> CacheCorruptError:
@@ -290,6 +303,93 @@ class Shapes:
     text_embed: int
 
 
+def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Feature vectors `(..., D)` (any float dtype) -> int8 values `(..., D)` and float32 scales
+    `(...)`: `s = max|x| / 127` per vector, values `round(x / s)`. A zero vector gets `s = 0` and
+    values 0; a vector holding NaN or inf gets a non-finite `s` (found by the reader's checks)."""
+    x = np.asarray(x, dtype=np.float32)
+    scale = np.abs(x).max(axis=-1) / np.float32(127)
+    usable = (np.isfinite(scale) & (scale > 0))[..., None]
+    ratio = np.divide(x, scale[..., None], out=np.zeros_like(x), where=usable)
+    return np.clip(np.rint(ratio), -127, 127).astype(np.int8), scale
+
+
+def dequantize(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int8 values `(..., D)` and scales `(...)` -> float16 `(..., D)`."""
+    return (values.astype(np.float32) * scale[..., None]).astype(np.float16)
+
+
+class Dequantized:
+    """An int8 feature array `(R, ..., D)` with its scales `(R, ...)`, read as float16: indexing
+    the first axis (an int, slice or index array) returns the float16 rows; `np.asarray` gives
+    the whole array (as `np.asarray` of a float16 memmap would)."""
+
+    dtype = np.dtype(np.float16)
+
+    def __init__(self, values: np.ndarray, scale: np.ndarray) -> None:
+        self.values = values
+        self.scale = scale
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.values.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.values.ndim
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return dequantize(np.asarray(self.values[index]), np.asarray(self.scale[index]))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def array_specs(
+    num_samples: int, num_images: int, shapes: Shapes, dtype: str = "float16"
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """`{file stem: (shape, dtype)}` of the arrays `SplitCacheWriter.create` allocates for
+    `num_samples` samples and `num_images` image rows stored as `dtype` (float16 or int8)."""
+    n, m, s, stored = num_samples, num_images, shapes, STORAGE_DTYPES[dtype]
+    specs = {
+        "image_tokens": ((m, s.layers, s.image_tokens, s.image_width), stored),
+        "image_embedding": ((m, s.image_embed), stored),
+        "image_done": ((m,), np.dtype(np.bool_)),
+        "text_tokens": ((n, s.layers, s.text_tokens, s.text_width), stored),
+        "text_mask": ((n, s.text_tokens), np.dtype(np.bool_)),
+        "text_embedding": ((n, s.text_embed), stored),
+        "text_done": ((n,), np.dtype(np.bool_)),
+    }
+    if dtype == "int8":
+        for name in _FLOAT_ARRAYS:
+            specs[f"{name}_scale"] = (specs[name][0][:-1], SCALE_DTYPE)
+    return specs
+
+
+_BLOCK = 4096
+_SMALL_FILES = 16 * 2**10  # build.json and manifest.json: a few KiB each
+
+
+def estimated_split_bytes(
+    num_samples: int, num_images: int, shapes: Shapes, dtype: str, ids_bytes: int = 0
+) -> int:
+    """Disk bytes of one split folder as `SplitCacheWriter.create` lays it out: every array
+    (rows x per-row bytes, a 128-byte `.npy` header, rounded up to whole 4 KiB blocks), the
+    sample-row and image-stats arrays, `ids_bytes` of `ids.json` and the small JSON files."""
+
+    def on_disk(nbytes: int) -> int:
+        return -(-(nbytes + 128) // _BLOCK) * _BLOCK
+
+    arrays = array_specs(num_samples, num_images, shapes, dtype).values()
+    total = sum(on_disk(int(np.prod(shape)) * kind.itemsize) for shape, kind in arrays)
+    total += on_disk(8 * num_samples) + on_disk(16 * num_images)  # sample_image_row, image_stats
+    return total + on_disk(ids_bytes) + _SMALL_FILES
+
+
 class SplitCacheWriter:
     """Creates (or reopens, to resume) one split's arrays and writes rows by index.
 
@@ -312,25 +412,17 @@ class SplitCacheWriter:
         shapes: Shapes,
         image_stats: np.ndarray | None = None,
     ) -> None:
-        """Allocate every array, unless an identical build was started before (resume).
-        `image_stats` (`(M, 2)` sizes and mtimes of the image files) is stored to count the
-        files that changed when a stale cache is refused."""
+        """Allocate every array, unless an identical build was started before (resume), stored
+        as `build["dtype"]` (float16 when absent; see `array_specs`). `image_stats` (`(M, 2)`
+        sizes and mtimes of the image files) is stored to count the files that changed when a
+        stale cache is refused."""
         folder = Path(folder)
         build_file = folder / "build.json"
         if build_file.is_file() and _read_or_none(build_file) == build:
             return  # same build interrupted earlier: keep the rows already done
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "manifest.json").unlink(missing_ok=True)
-        n, m, s = len(ids), num_images, shapes
-        specs = {
-            "image_tokens": ((m, s.layers, s.image_tokens, s.image_width), STORAGE_DTYPE),
-            "image_embedding": ((m, s.image_embed), STORAGE_DTYPE),
-            "image_done": ((m,), np.bool_),
-            "text_tokens": ((n, s.layers, s.text_tokens, s.text_width), STORAGE_DTYPE),
-            "text_mask": ((n, s.text_tokens), np.bool_),
-            "text_embedding": ((n, s.text_embed), STORAGE_DTYPE),
-            "text_done": ((n,), np.bool_),
-        }
+        specs = array_specs(len(ids), num_images, shapes, build.get("dtype", "float16"))
         for name, (shape, dtype) in specs.items():
             array = _allocate(folder / f"{name}.npy", shape, dtype)
             array.flush()
@@ -342,6 +434,7 @@ class SplitCacheWriter:
         atomic_write_json(build_file, build)  # last: the allocation is complete
 
     def open(self) -> SplitCacheWriter:
+        """Open the arrays for writing; int8 feature arrays (as allocated) with their scales."""
         for name in (
             "image_tokens",
             "image_embedding",
@@ -352,7 +445,18 @@ class SplitCacheWriter:
             "text_done",
         ):
             self.arrays[name] = load_array(self.folder / f"{name}.npy", mmap_mode="r+")
+        for name in _FLOAT_ARRAYS:
+            if self.arrays[name].dtype == np.int8:
+                scale = f"{name}_scale"
+                self.arrays[scale] = load_array(self.folder / f"{scale}.npy", mmap_mode="r+")
         return self
+
+    def _put(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
+        """Store feature `values` `(B, ..., D)` in rows `rows` of array `name`, quantized when
+        the array is int8."""
+        if f"{name}_scale" in self.arrays:
+            values, self.arrays[f"{name}_scale"][rows] = quantize(values)
+        self.arrays[name][rows] = values
 
     def pending(self, kind: str) -> np.ndarray:
         """Row indices of `kind` (`image` or `text`) not written yet."""
@@ -360,17 +464,17 @@ class SplitCacheWriter:
 
     def write_images(self, rows: np.ndarray, tokens: Tensor, embedding: Tensor) -> None:
         """rows `(B,)`, tokens `(L_s, B, N_i, D_i)`, embedding `(B, E_i)`."""
-        self.arrays["image_tokens"][rows] = tokens.transpose(0, 1).cpu().numpy()
-        self.arrays["image_embedding"][rows] = embedding.cpu().numpy()
+        self._put("image_tokens", rows, tokens.transpose(0, 1).cpu().numpy())
+        self._put("image_embedding", rows, embedding.cpu().numpy())
         self._mark("image", rows)
 
     def write_texts(
         self, rows: np.ndarray, tokens: Tensor, mask: Tensor, embedding: Tensor
     ) -> None:
         """rows `(B,)`, tokens `(L_s, B, N_t, D_t)`, mask `(B, N_t)`, embedding `(B, E_t)`."""
-        self.arrays["text_tokens"][rows] = tokens.transpose(0, 1).cpu().numpy()
+        self._put("text_tokens", rows, tokens.transpose(0, 1).cpu().numpy())
         self.arrays["text_mask"][rows] = mask.cpu().numpy()
-        self.arrays["text_embedding"][rows] = embedding.cpu().numpy()
+        self._put("text_embedding", rows, embedding.cpu().numpy())
         self._mark("text", rows)
 
     def _mark(self, kind: str, rows: np.ndarray) -> None:
@@ -400,7 +504,12 @@ def _read_or_none(path: Path) -> Any:
 
 
 class SplitCacheReader:
-    """Read-only, memory-mapped access to one complete split (or the `dummy` folder)."""
+    """Read-only, memory-mapped access to one complete split (or the `dummy` folder).
+
+    The feature attributes (`image_tokens`, `image_embedding`, `text_tokens`, `text_embedding`)
+    read as float16 whatever the storage dtype: the float16 memmaps themselves, or `Dequantized`
+    views of an int8 cache. `stored` holds the arrays as stored (values and `<name>_scale`).
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -426,39 +535,52 @@ class SplitCacheReader:
             )
         _check_manifest(self.manifest, manifest_file)
         self.ids: list[str] = read_json(self.folder / "ids.json", list)
-        self.image_tokens = load_array(self.folder / "image_tokens.npy")
-        self.image_embedding = load_array(self.folder / "image_embedding.npy")
-        self.text_tokens = load_array(self.folder / "text_tokens.npy")
-        self.text_mask = load_array(self.folder / "text_mask.npy")
-        self.text_embedding = load_array(self.folder / "text_embedding.npy")
+        self.dtype: str = self.manifest["dtype"]
+        names = [*_FLOAT_ARRAYS, "text_mask"]
+        if self.dtype == "int8":
+            names += [f"{name}_scale" for name in _FLOAT_ARRAYS]
+        self.stored = {name: load_array(self.path(name)) for name in names}
+        self.text_mask = self.stored["text_mask"]
         self.sample_image_row = load_array(self.folder / "sample_image_row.npy", mmap_mode=None)
         self._check_shapes()
+        for name in _FLOAT_ARRAYS:
+            array = self.stored[name]
+            if self.dtype == "int8":
+                array = Dequantized(array, self.stored[f"{name}_scale"])
+            setattr(self, name, array)
         self.check_rows(_sample_rows)
 
     def path(self, name: str) -> Path:
         return self.folder / (f"{name}.npy" if name != "ids" else "ids.json")
 
     def _check_shapes(self) -> None:
-        """Every array has the shape and dtype the manifest and the other arrays imply."""
-        n, m = len(self.ids), self.image_tokens.shape[0] if self.image_tokens.ndim else 0
+        """Every array has the shape and dtype the manifest and the other arrays imply (an int8
+        cache's scales: the shape of their array without its last axis, float32)."""
+        stored = self.stored
+        n, m = len(self.ids), stored["image_tokens"].shape[0] if stored["image_tokens"].ndim else 0
         if not all(isinstance(i, str) for i in self.ids):
             raise damaged(self.path("ids"), "not a list of strings")
         if "num_samples" in self.manifest and self.manifest["num_samples"] != n:
             said = self.manifest["num_samples"]
             raise damaged(self.path("ids"), f"{n} ids, the manifest says {said}")
-        tokens = self.text_tokens
+        tokens = stored["text_tokens"]
         layers = tokens.shape[1] if tokens.ndim == 4 else None
         pooling = self.manifest.get("token_pooling", {})
+        kind = STORAGE_DTYPES[self.dtype]
         expected = {  # name: (shape with None where any size goes, dtype)
-            "text_tokens": ((n, None, pooling.get("text_tokens"), None), np.float16),
+            "text_tokens": ((n, None, pooling.get("text_tokens"), None), kind),
             "text_mask": ((n, tokens.shape[2] if tokens.ndim == 4 else None), np.bool_),
-            "text_embedding": ((n, None), np.float16),
-            "image_tokens": ((None, layers, pooling.get("image_tokens"), None), np.float16),
-            "image_embedding": ((m, None), np.float16),
-            "sample_image_row": ((n,), np.int64),
+            "text_embedding": ((n, None), kind),
+            "image_tokens": ((None, layers, pooling.get("image_tokens"), None), kind),
+            "image_embedding": ((m, None), kind),
         }
+        if self.dtype == "int8":
+            for name in _FLOAT_ARRAYS:
+                values = stored[name].shape if stored[name].ndim else (None,)
+                expected[f"{name}_scale"] = (values[:-1], SCALE_DTYPE)
+        expected["sample_image_row"] = ((n,), np.int64)
         for name, (shape, dtype) in expected.items():
-            array = getattr(self, name)
+            array = self.sample_image_row if name == "sample_image_row" else stored[name]
             fits = array.ndim == len(shape) and all(
                 want is None or have == want for have, want in zip(array.shape, shape)
             )
@@ -480,17 +602,25 @@ class SplitCacheReader:
 
     def check_rows(self, which) -> int:
         """Check the float arrays' rows `which(num_rows)` (an iterable of index arrays) are
-        finite; raise `CacheCorruptError` naming the first bad file and row. Returns the number of
-        rows checked."""
+        finite as read (dequantized), and an int8 cache's scales not negative; raise
+        `CacheCorruptError` naming the first bad file and row (the scale file of an int8
+        cache: its values cannot be non-finite). Returns the number of rows checked."""
         checked = 0
         for name in _FLOAT_ARRAYS:
             array = getattr(self, name)
+            scaled = isinstance(array, Dequantized)
+            path = self.path(f"{name}_scale" if scaled else name)
             for index in which(array):
                 block = np.asarray(array[index])
                 finite = np.isfinite(block).reshape(len(index), -1).all(axis=1)
                 if not finite.all():
                     row = int(index[int(np.argmin(finite))])
-                    raise damaged(self.path(name), f"row {row} holds NaN or infinite values")
+                    raise damaged(path, f"row {row} holds NaN or infinite values")
+                if scaled:
+                    signs = (np.asarray(array.scale[index]) >= 0).reshape(len(index), -1)
+                    if not signs.all():
+                        row = int(index[int(np.argmin(signs.all(axis=1)))])
+                        raise damaged(path, f"row {row} holds a negative scale")
                 checked += len(index)
         return checked
 
@@ -546,8 +676,11 @@ def _check_manifest(manifest: dict[str, Any], where: Path) -> None:
             continue
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool) != (kind is bool):
             raise damaged(where, f"{key!r} is {manifest[key]!r}, not a {kind.__name__}")
-    if manifest["complete"] is not True or manifest["dtype"] != "float16":
-        raise damaged(where, f"complete={manifest['complete']!r}, dtype={manifest['dtype']!r}")
+    if manifest["complete"] is not True:
+        raise damaged(where, f"complete={manifest['complete']!r}")
+    if manifest["dtype"] not in STORAGE_DTYPES:
+        known = " or ".join(STORAGE_DTYPES)
+        raise damaged(where, f"dtype={manifest['dtype']!r}, this rlrt stores {known}")
     for key, value in manifest.get("token_pooling", {}).items():
         if not isinstance(value, int) or isinstance(value, bool):
             raise damaged(where, f"token_pooling.{key} is {value!r}, not an int")

@@ -10,6 +10,11 @@ rerun skips them without decoding or encoding them again.
 The global-rank-0 process holds an exclusive lock on the cache folder for the whole command: a
 second `rlrt cache` into the same folder refuses at once. A split found complete is opened (the
 cheap checks of `SplitCacheReader`); `--verify` checks every row of every split it names.
+
+`--storage_dtype int8` stores the features in 8 bits with one scale per feature vector (about
+half the disk of float16, see `rlrt.cache.format`); readers follow the cache's manifest. Before
+encoding anything the command estimates the bytes still to write and refuses, in one line, a
+cache that would not fit on its disk; nothing is left behind then.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlrt.cache.builder import (
+    DUMMY_COUNT,
     SPLITS,
     FeatureExtractor,
     RowWriter,
     build_dummy,
     build_split,
+    check_disk_space,
     claim,
+    count_split,
     folder_size,
     global_rank,
     is_complete,
@@ -36,7 +44,10 @@ from rlrt.cache.content import cache_identity
 from rlrt.cache.format import (
     CONTENT_FIELD,
     FORMAT_VERSION,
+    LOCK_NAME,
+    STORAGE_DTYPES,
     CacheCorruptError,
+    CacheSpaceError,
     SplitCacheReader,
     cache_write_lock,
     verify_split,
@@ -67,6 +78,13 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
     parser.add_argument("--cache_dir", default=None, help="overrides data.feature_cache")
     parser.add_argument("--batch_size", type=int, default=None, help="default: the data's")
     parser.add_argument(
+        "--storage_dtype",
+        choices=list(STORAGE_DTYPES),
+        default="float16",
+        help="how features are stored: float16, or int8 with a scale per feature vector (about "
+        "half the disk; each value off by at most half its vector's step max|x|/127)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a cache built for another config, or a damaged one",
@@ -88,9 +106,31 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
     cache_dir = Path(cache_dir)
     # one writer per folder: a second `rlrt cache` refuses before loading anything (the other
     # ranks of a distributed run are this command's own processes, they take no lock)
+    created = _missing_folders(cache_dir)  # what the lock creates: removed if refused for space
+    had_lock_file = (cache_dir / LOCK_NAME).exists()
     lock = cache_write_lock(cache_dir) if global_rank() == 0 else contextlib.nullcontext()
-    with lock:
-        return _build_cache(args, rest, cache_dir)
+    try:
+        with lock:
+            return _build_cache(args, rest, cache_dir)
+    except CacheSpaceError:
+        # refused before any work: leave the disk as it was (the lock file only if this command
+        # created it; a concurrent writer would have been refused by the lock meanwhile)
+        if global_rank() == 0:
+            if not had_lock_file:
+                (cache_dir / LOCK_NAME).unlink(missing_ok=True)
+            for folder in created:
+                with contextlib.suppress(OSError):  # not empty: something else wrote there
+                    folder.rmdir()
+        raise
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and its parents that do not exist yet, innermost first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> CacheBuildReport:
@@ -106,17 +146,20 @@ def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> 
     shapes = shapes_of(model.image_encoder, model.text_encoder)
     encoders = {
         "format_version": FORMAT_VERSION,
-        "dtype": "float16",
+        "dtype": args.storage_dtype,
         "encoders": model.encoder_identity(),
     }
+    datamodule.prepare_data()
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    counts = {split: count_split(datamodule.dataset(split).records) for split in splits}
+    plan = {"dummy": DUMMY_COUNT, **counts}
+    check_disk_space(cache_dir, plan, shapes, args.storage_dtype, args.overwrite)
     built = set()  # folders encoded by this command (the others were checked by `claim`)
     if global_rank() == 0 and claim(cache_dir / "dummy", encoders, args.overwrite, args.verify):
         built.add("dummy")
         build_dummy(cache_dir / "dummy", model.image_encoder, model.text_encoder, shapes, encoders)
-    datamodule.prepare_data()
     batch_size = args.batch_size or getattr(datamodule, "eval_batch_size", 32)
     report = CacheBuildReport(cache_dir)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for split in splits:
         start = time.perf_counter()
         sources = split_sources(datamodule, split)
