@@ -105,7 +105,8 @@ def cached_loader(
 
     Batches are read in the main process: a worker process would have to send every batch's tens
     of MB back through shared memory, and a background reading thread was measured slower on 2
-    cores (it competes with the step's own threads).
+    cores (it competes with the step's own threads). With a GPU they are pinned
+    (`Features.pin_memory`), so the copy to the device does not block the host.
     """
     loader_class = ResumableDataLoader if shuffle else DataLoader  # as the online loader
     return loader_class(
@@ -116,4 +117,5 @@ def cached_loader(
         drop_last=drop_last,
         collate_fn=_already_batched,
         num_workers=0,
+        pin_memory=torch.cuda.is_available(),
     )

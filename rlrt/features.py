@@ -45,6 +45,11 @@ class Features:
             bad |= ~torch.isfinite(tokens).flatten(2).all(-1).all(0)
         return bad
 
+    def pin_memory(self) -> Features:
+        """Every tensor in page-locked host memory (what a DataLoader's `pin_memory` calls): a
+        copy to the GPU then runs asynchronously (Lightning moves batches `non_blocking`)."""
+        return Features(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
     def to(self, *args, **kwargs) -> Features:
         """Move or cast every tensor (masks keep their bool dtype)."""
         moved = {}

@@ -31,12 +31,16 @@ def _whitening_factor(covariance: Tensor) -> Tensor:
     `L^{-1}` whitens like `S^{-1/2}` up to a rotation, which leaves the canonical correlations (the
     singular values below) unchanged; unlike an eigendecomposition its gradient has no
     `1 / (lambda_i - lambda_j)` terms, so repeated eigenvalues do not make it blow up.
+
+    A matrix not positive definite in floating point gets a small jitter on its diagonal. Which
+    ones do is found by a first, detached factorisation and applied with tensor ops, so nothing
+    waits for the device (no host synchronisation) and the others are factored exactly as given.
     """
-    factor, info = torch.linalg.cholesky_ex(covariance)
-    if bool(info.any()):  # not positive definite in floating point: add jitter, once
-        eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
-        scale = covariance.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp(min=1e-300)
-        factor = torch.linalg.cholesky(covariance + 1e-6 * scale[..., None, None] * eye)
+    _, info = torch.linalg.cholesky_ex(covariance.detach())
+    eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+    scale = covariance.detach().diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp(min=1e-300)
+    jitter = torch.where(info > 0, 1e-6 * scale, torch.zeros_like(scale))  # (...)
+    factor, _ = torch.linalg.cholesky_ex(covariance + jitter[..., None, None] * eye)
     return factor
 
 
@@ -91,18 +95,27 @@ def _centred_covariances(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return x.mT @ x / n, y.mT @ y / n, x.mT @ y / n
 
 
+def _weighted_covariances(x: Tensor, y: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`(..., B, d_x), (..., B, d_y), (B,)` 0/1 weights -> `S_xx, S_yy, S_xy` of the weighted
+    samples, centred on their mean and divided by their count (all zero when none counts): the
+    covariances of the selected samples, `_centred_covariances(x[..., keep, :], ...)`."""
+    count = weight.sum().clamp(min=1.0)
+    w = weight[:, None]
+    x = (x - (x * w).sum(-2, keepdim=True) / count) * w
+    y = (y - (y * w).sum(-2, keepdim=True) / count) * w
+    return x.mT @ x / count, y.mT @ y / count, x.mT @ y / count
+
+
 def _correlations_or_zero(
     s_xx: Tensor, s_yy: Tensor, s_xy: Tensor, mean_x: Tensor, mean_y: Tensor, r: float
 ) -> Tensor:
-    """Canonical correlations `(..., k)`, zero (and no gradient) where a view is constant."""
+    """Canonical correlations `(..., k)`, zero (and no gradient) where a view is constant.
+
+    The constant views are computed on an identity stand-in and masked out (the stand-in's
+    gradient is multiplied by zero and never reaches the real features): tensor ops only, so the
+    training step never waits for the device to say which views are constant.
+    """
     constant = is_constant_view(s_xx, mean_x) | is_constant_view(s_yy, mean_y)  # (...)
-    if not bool(constant.any()):
-        return correlations_from_covariances(s_xx, s_yy, s_xy, r)
-    k = min(s_xx.shape[-1], s_yy.shape[-1])
-    if bool(constant.all()):
-        return s_xy.new_zeros((*s_xy.shape[:-2], k)) + 0.0 * s_xy.sum()  # still in the graph
-    # Compute the others on an identity stand-in for the constant views, then mask them out: the
-    # stand-in's gradient is multiplied by zero and never reaches the real features.
     eye = torch.eye(s_xx.shape[-1], dtype=s_xx.dtype, device=s_xx.device)
     eye_y = torch.eye(s_yy.shape[-1], dtype=s_yy.dtype, device=s_yy.device)
     keep = ~constant[..., None, None]
@@ -233,6 +246,7 @@ class RunningCCALoss(nn.Module):
         self.register_buffer("second_xx", torch.zeros(num_layers, dim, dim, dtype=f64))
         self.register_buffer("second_yy", torch.zeros(num_layers, dim, dim, dtype=f64))
         self.register_buffer("second_xy", torch.zeros(num_layers, dim, dim, dtype=f64))
+        self._known_active = False
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
         # `.float()` / `.half()` / precision plugins must not round the float64 statistics.
@@ -250,36 +264,42 @@ class RunningCCALoss(nn.Module):
             buffer.zero_()
         for buffer in (self.second_xx, self.second_yy, self.second_xy):
             buffer.zero_()
+        self._known_active = False
 
     @torch.no_grad()
-    def _update(self, x: Tensor, y: Tensor) -> None:
-        """Fold the detached batch `(L, B, d)` (summed over DDP processes) into the moments."""
-        sums = [
-            torch.tensor(float(x.shape[1]), dtype=torch.float64, device=x.device),
-            x.sum(1),
-            y.sum(1),
-            x.mT @ x,
-            y.mT @ y,
-            x.mT @ y,
-        ]
+    def _update(self, x: Tensor, y: Tensor, weight: Tensor) -> None:
+        """Fold the detached batch `(L, B, d)`, its samples weighted by `weight` `(B,)` (1 for the
+        samples that count, 0 for the others), into the moments; the sums over DDP processes.
+
+        Tensor ops only: a batch with no sample that counts leaves the moments as they are
+        without the host asking the device how many there were."""
+        wx, wy = x * weight[:, None], y * weight[:, None]
+        sums = [weight.sum(), wx.sum(1), wy.sum(1), wx.mT @ x, wy.mT @ y, wx.mT @ y]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             flat = torch.cat([s.reshape(-1) for s in sums])
             dist.all_reduce(flat)
             sums = [part.view_as(s) for part, s in zip(flat.split([s.numel() for s in sums]), sums)]
         count = sums[0]
-        if count.item() == 0:
-            return
-        weight = torch.maximum(count / self.window, count / (self.seen + count)).clamp(max=1.0)
+        share = torch.maximum(count / self.window, count / (self.seen + count).clamp(min=1.0))
+        share = share.clamp(max=1.0)  # 0 when count is 0
         for buffer, total in zip(
             (self.mean_x, self.mean_y, self.second_xx, self.second_yy, self.second_xy), sums[1:]
         ):
-            buffer.mul_(1 - weight).add_(weight * total / count)
+            buffer.mul_(1 - share).add_(share * total / count.clamp(min=1.0))
         self.seen += count
 
     @property
     def active(self) -> bool:
-        """Whether the statistics rest on enough samples for the loss to count."""
-        return self.seen.item() >= max(self.warmup_samples, 2)
+        """Whether the statistics rest on enough samples for the loss to count. Asked of the
+        device only until it is so (`seen` never shrinks in training): no host synchronisation
+        once the loss is on."""
+        if not self._known_active:
+            self._known_active = bool(self.seen >= max(self.warmup_samples, 2))
+        return self._known_active
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_active = False  # another `seen`: ask again
 
     def running_covariances(self) -> tuple[Tensor, Tensor, Tensor]:
         """`S_xx, S_yy, S_xy`, each `(L, d, d)`, from the running moments."""
@@ -290,25 +310,36 @@ class RunningCCALoss(nn.Module):
             self.second_xy - mx[..., :, None] * my[..., None, :],
         )
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, present: Tensor | None = None) -> Tensor:
         """x, y: `(L_s, B, d)` -> float64 scalar in `[0, 1]`: one minus the mean correlation,
-        averaged over layers; 0 (no gradient) while the statistics fill (`active` is False).
+        averaged over layers; 0 (no gradient) while the statistics fill (`active` is False) and
+        for a batch with fewer than 2 samples that count.
 
-        Call it on every training step, also with `B < 2` (then only the statistics are shared
-        with the other DDP processes): skipping a call on one process would stall the others.
+        `present` `(B,)` bool marks the samples that count (those with both modalities); None:
+        all. They are weighted, not selected: selecting by a mask needs the host to learn how many
+        there are, which stalls a GPU every step.
+
+        Call it on every training step, also with fewer than 2 samples (then only the statistics
+        are shared with the other DDP processes): skipping a call on one process would stall the
+        others.
         """
         x = x.to(torch.float64)
         y = y.to(torch.float64)
+        if present is None:
+            present = torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
         if not self.training:
+            x, y = x[:, present], y[:, present]
             if x.shape[1] < 2:
                 return x.new_zeros(())
             return 1.0 - mean_correlation(canonical_correlations(x, y, self.r), self.top_k).mean()
-        self._update(x.detach(), y.detach())
-        if not self.active or x.shape[1] < 2:
+        weight = present.to(torch.float64)
+        self._update(x.detach(), y.detach(), weight)
+        if not self.active:
             return x.sum() * 0.0  # zero, in the graph
-        batch = _centred_covariances(x, y)
+        batch = _weighted_covariances(x, y, weight)
         running = self.running_covariances()
         # The running value, with the batch covariances' gradient.
         s_xx, s_yy, s_xy = (r + (b - b.detach()) for r, b in zip(running, batch))
         correlations = _correlations_or_zero(s_xx, s_yy, s_xy, self.mean_x, self.mean_y, self.r)
-        return 1.0 - mean_correlation(correlations, self.top_k).mean()
+        loss = 1.0 - mean_correlation(correlations, self.top_k).mean()
+        return loss * (weight.sum() >= 2)  # zero, in the graph, for fewer than 2 samples

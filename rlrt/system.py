@@ -224,6 +224,8 @@ class RLRT(LightningModule):
             )
             self.val_alignment = alignment.clone()
             self.test_alignment = alignment.clone()
+        # per stage, the cached samples whose features were found finite (`_check_finite_once`)
+        self._finite_checked: dict[str, set[str]] = {}
         metrics = make_metrics(task, num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -261,19 +263,29 @@ class RLRT(LightningModule):
         if "features" not in batch:
             return self.encode(batch)
         features = batch["features"]
-        # The cache is checked when opened on a sample of rows (`rlrt cache --verify` checks all):
-        # a bad row found here stops with its ids rather than a LinAlgError in L_CCA.
-        bad = features.non_finite_samples()
-        if bool(bad.any()):
-            ids = [batch["id"][i] for i in bad.nonzero().flatten().tolist()[:3]]
-            raise ValueError(
-                f"the feature cache holds NaN or infinite features for sample(s) {ids}; check it "
-                "with `rlrt cache ... --verify` and rebuild it with --overwrite"
-            )
+        self._check_finite_once(features, batch["id"])
         image_present, text_present = present_flags(batch)
         return substitute_missing(
             features, image_present, text_present, self.missing_strategy, batch["dummy_features"]
         )
+
+    def _check_finite_once(self, features: Features, ids: list[str]) -> None:
+        """Stop at a cached sample with NaN or infinite features, naming it, rather than train on
+        it. The cache is checked when opened on a sample of rows (`rlrt cache --verify` checks
+        all); here each sample is checked the first time a stage meets it, so after the first
+        epoch the step no longer waits for the device to answer."""
+        stage = str(self.trainer.state.stage) if self._trainer is not None else ""
+        checked = self._finite_checked.setdefault(stage, set())
+        if all(sample_id in checked for sample_id in ids):
+            return
+        bad = features.non_finite_samples()
+        if bool(bad.any()):
+            found = [ids[i] for i in bad.nonzero().flatten().tolist()[:3]]
+            raise ValueError(
+                f"the feature cache holds NaN or infinite features for sample(s) {found}; check "
+                "it with `rlrt cache ... --verify` and rebuild it with --overwrite"
+            )
+        checked.update(ids)
 
     def forward(self, features: Features) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Features -> logits `(B, C)`, `h_i` `(L_s, B, d_c)`, `h_t` `(L_s, B, d_c)`.
@@ -334,7 +346,7 @@ class RLRT(LightningModule):
         with `beta = 0`). The running statistics see every step, even one with no such sample."""
         if self.cca is None or h_image is None or h_text is None:
             return torch.zeros((), device=both.device)
-        return self.cca(h_image[:, both], h_text[:, both]).to(h_image.dtype)
+        return self.cca(h_image, h_text, both).to(h_image.dtype)
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
         if len(batch["id"]) == 0:

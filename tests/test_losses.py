@@ -318,3 +318,44 @@ def test_held_out_correlation_of_perfect_and_independent_views():
     few = HeldOutCorrelation(num_layers=1, dim=8)
     few.update(torch.randn(1, 8, 8), torch.randn(1, 8, 8))
     assert torch.isnan(few.compute()).all()  # 8 samples for 8 dimensions: no number at all
+
+
+def test_samples_that_do_not_count_are_weighted_out_exactly_as_if_left_out():
+    """`present` masks samples by weight (no host synchronisation); the running statistics, the
+    loss and its gradient equal those of a twin fed only the present samples."""
+    x, y = correlated_views(n=96, d=4, seed=7)
+    present = torch.from_numpy(np.random.default_rng(1).random(96) < 0.6)
+    present[:2] = True
+    masked = RunningCCALoss(num_layers=1, dim=4, window=64, warmup_samples=0)
+    selected = RunningCCALoss(num_layers=1, dim=4, window=64, warmup_samples=0)
+    for start in (0, 32, 64):  # three steps: the window fills, then slides
+        part = slice(start, start + 32)
+        xa = torch.tensor(x[None, part], requires_grad=True)
+        ya = torch.tensor(y[None, part])
+        keep = present[part]
+        xb = torch.tensor(x[None, part][:, keep.numpy()], requires_grad=True)
+        yb = torch.tensor(y[None, part][:, keep.numpy()])
+        value_masked = masked(xa, ya, keep)
+        value_selected = selected(xb, yb)
+        torch.testing.assert_close(value_masked, value_selected, rtol=1e-10, atol=1e-12)
+        value_masked.backward()
+        value_selected.backward()
+        torch.testing.assert_close(xa.grad[:, keep], xb.grad, rtol=1e-8, atol=1e-12)
+        assert torch.all(xa.grad[:, ~keep] == 0)  # a sample that does not count gets no gradient
+    for name, buffer in masked.state_dict().items():
+        torch.testing.assert_close(buffer, selected.state_dict()[name], rtol=1e-12, atol=1e-12)
+
+
+def test_a_batch_with_fewer_than_two_counting_samples_is_zero_and_moves_no_statistics():
+    loss = RunningCCALoss(num_layers=1, dim=4, window=64, warmup_samples=0)
+    x, y = correlated_views(n=64, d=4)
+    loss(torch.tensor(x[None]), torch.tensor(y[None]))
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    none = torch.zeros(8, dtype=torch.bool)
+    assert loss(torch.tensor(x[None, :8]), torch.tensor(y[None, :8]), none).item() == 0.0
+    for name, buffer in loss.state_dict().items():
+        assert torch.equal(buffer, before[name]), name
+    one = none.clone()
+    one[3] = True
+    assert loss(torch.tensor(x[None, :8]), torch.tensor(y[None, :8]), one).item() == 0.0
+    assert loss.seen.item() == before["seen"].item() + 1
