@@ -54,6 +54,9 @@ def test_markdown_states_each_target_against_its_measurement():
         "train_cached_samples_per_s": 3000.0,
         "epoch_speedup_cached": 150.0,
         "data_wait_fraction": 0.05,
+        "fit_online_startup_seconds": 4.0,
+        "fit_cached_startup_seconds": 2.5,
+        "fit_cached_loads_weights": False,
         "peak_rss_mb": 1000.0,
         "peak_rss_mb_with_scaling": 1500.0,
         "trainable_params": 10,
@@ -92,6 +95,8 @@ def test_bench_writes_the_issue_shape_and_cleans_its_scratch(tmp_path, monkeypat
         tiny["train_cached_samples_per_s"] / tiny["train_online_samples_per_s"]
     )
     assert tiny["trainable_params"] > 0 and tiny["frozen_params"] > 0
+    assert tiny["fit_cached_loads_weights"] is False  # the cached fit never read the weights
+    assert tiny["fit_online_startup_seconds"] > 0 and tiny["fit_cached_startup_seconds"] > 0
     markdown = (output / "bench.md").read_text()
     assert markdown.index("at 64 samples") < markdown.index("at 128 samples")  # by size
     assert list(scratch.glob("rlrt-bench-*")) == []

@@ -12,6 +12,9 @@ with random weights + the packaged pretrained MiniLM) — on generated demo data
 - `data_wait_fraction`: share of the cached training epochs (after the first, as the epoch time)
   spent between steps (fetching the next batch plus the loop's own bookkeeping, an upper bound
   on the data wait);
+- `fit_online_startup_seconds` / `fit_cached_startup_seconds`: from the fit command's start
+  (config, data, model, encoders) to its first training batch, and `fit_cached_loads_weights`
+  (False: a fit from the cache never reads the frozen weights);
 - `peak_rss_mb` (through the measurements above), `peak_rss_mb_with_scaling` (after the
   scaling rows below, whose larger memory-mapped caches add resident pages), `trainable_params`,
   `frozen_params`;
@@ -63,6 +66,7 @@ class EpochTimer(Callback):
         self.waits: list[float] = []
         self.steps: list[float] = []
         self._mark = 0.0
+        self.first_batch_at: float | None = None  # perf_counter() at the first training batch
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = self._mark = time.perf_counter()
@@ -71,6 +75,8 @@ class EpochTimer(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         now = time.perf_counter()
+        if self.first_batch_at is None:
+            self.first_batch_at = now
         self.waits[-1] += now - self._mark
         self._mark = now
 
@@ -144,10 +150,12 @@ def bare_encoder_rate(model, dataset, batch_size: int) -> float:
 
 
 def fit_once(args: list[str], epochs: int = 1):
-
+    """Run `rlrt fit`; the CLI, its `EpochTimer`, and the seconds from the command's start
+    (config parsed, model and data built, encoders loaded if needed) to its first batch."""
+    start = time.perf_counter()
     cli = RLRTCLI(args=["fit", *args, f"--trainer.max_epochs={epochs}"], save_config_callback=None)
     timer = next(c for c in cli.trainer.callbacks if isinstance(c, EpochTimer))
-    return cli, timer
+    return cli, timer, timer.first_batch_at - start
 
 
 def fill_random_rows(array: np.ndarray, rng: np.random.Generator, chunk_mb: int = 64) -> None:
@@ -236,7 +244,7 @@ def _measure(
     out: dict[str, Any] = {"train_samples": samples}
 
     say(f"{size}: one online epoch (encoders run on every batch)")
-    online, online_timer = fit_once(base)
+    online, online_timer, out["fit_online_startup_seconds"] = fit_once(base)
     model = online.model
     out["trainable_params"] = sum(p.numel() for p in model.trainable_parameters())
     out["frozen_params"] = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -258,7 +266,11 @@ def _measure(
 
     say(f"{size}: {CACHED_EPOCHS} epochs from the cache")
     args = [*base, f"--data.init_args.feature_cache={cache}"]
-    _, cached_timer = fit_once(args, epochs=CACHED_EPOCHS)
+    cached, cached_timer, out["fit_cached_startup_seconds"] = fit_once(args, epochs=CACHED_EPOCHS)
+    # a fit from the cache never reads the frozen weights (they load on first use)
+    out["fit_cached_loads_weights"] = (
+        cached.model.image_encoder.is_loaded or cached.model.text_encoder.is_loaded
+    )
     online_epoch = online_timer.epochs[0]
     cached_epoch = float(np.median(cached_timer.epochs[1:]))  # epoch 0 warms the page cache
     out["train_online_samples_per_s"] = n_train / online_epoch
@@ -276,7 +288,7 @@ def _measure(
         args = common_args(configs, root, int(n / 0.7) + 50, n) + encoder_args(size, scratch)
         scaled = scratch / f"cache-{n}"
         fill_random_cache(scaled, cache, args)
-        _, timer = fit_once([*args, f"--data.init_args.feature_cache={scaled}"], epochs=2)
+        _, timer, _ = fit_once([*args, f"--data.init_args.feature_cache={scaled}"], epochs=2)
         by_n[str(n)] = timer.epochs[-1]
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(scaled, ignore_errors=True)
@@ -309,6 +321,9 @@ def to_markdown(results: dict[str, Any]) -> str:
         ("train from cache (samples/s)", "train_cached_samples_per_s", "{:.1f}"),
         ("epoch speed-up from the cache", "epoch_speedup_cached", "{:.1f}x"),
         ("data wait share (cached)", "data_wait_fraction", "{:.1%}"),
+        ("fit start-up to first batch, online (s)", "fit_online_startup_seconds", "{:.1f}"),
+        ("fit start-up to first batch, from cache (s)", "fit_cached_startup_seconds", "{:.1f}"),
+        ("fit from cache reads encoder weights", "fit_cached_loads_weights", "{}"),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
         ("peak RSS with the scaling rows (MB)", "peak_rss_mb_with_scaling", "{:.0f}"),
         ("trainable parameters", "trainable_params", "{:,}"),
