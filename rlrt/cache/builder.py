@@ -1,10 +1,12 @@
-"""Build a feature cache: run the frozen encoders once per split and store the pooled Features.
+"""Build a feature cache: run the frozen encoders once over every split and store the pooled
+Features.
 
-Runs through `trainer.predict`, so a distributed trainer shards the samples across processes;
-every process writes its rows into the same memory-mapped files and the global-rank-0 process
-writes the manifests. A killed build resumes where it stopped: rows are flagged done only once
-flushed, and a rerun skips them without decoding or encoding them again. The command around it
-(arguments, the lock, the per-split loop) is `rlrt.commands.cache`.
+Every split's images and texts go through one `trainer.predict` (`build_splits`), so the
+encoders move to the device once, and a distributed trainer shards the samples across
+processes; every process writes its rows into the same memory-mapped files and the global-rank-0
+process writes the manifests. A killed build resumes where it stopped: rows are flagged done only
+once flushed, and a rerun skips them without decoding or encoding them again. The command around
+it (arguments, the lock, which splits need building) is `rlrt.commands.cache`.
 """
 
 from __future__ import annotations
@@ -58,9 +60,10 @@ class FeatureExtractor(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Image batch -> tokens `(L_s, B, N_i, D_i)` + embedding; text batch -> tokens, mask,
-        embedding; float16 on the CPU, with the rows they belong to. A batch of rows all done
-        already (a resumed build) gives `{"row": []}` and nothing is encoded."""
-        out: dict[str, Any] = {"row": batch["row"].cpu().numpy()}
+        embedding; float16 on the CPU, with the rows and the segment (split and kind) they belong
+        to. A batch of rows all done already (a resumed build) gives an empty `row` and nothing
+        is encoded."""
+        out: dict[str, Any] = {"row": batch["row"].cpu().numpy(), "segment": batch["segment"]}
         if len(out["row"]) == 0:
             return out
         if "image" in batch:
@@ -77,39 +80,90 @@ class FeatureExtractor(LightningModule):
 
 
 class RowWriter(BasePredictionWriter):
-    """Writes each predicted batch into the split's memory-mapped arrays."""
+    """Writes each predicted batch into the memory-mapped arrays of its segment's split folder,
+    and keeps per folder the rows this process encoded and the seconds spent on them."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self) -> None:
         super().__init__(write_interval="batch")
-        self.folder = folder
-        self.writer: SplitCacheWriter | None = None
-        self.written = {"images": 0, "texts": 0}  # rows this process encoded into `folder`
+        self.segments: list[Segment] = []
+        self.writers: dict[Path, SplitCacheWriter] = {}
+        self.written: dict[Path, dict[str, int]] = {}
+        self.seconds: dict[Path, float] = {}
+        self._mark = 0.0
 
-    def start(self, folder: Path) -> None:
-        """Write the next split into `folder`, counting afresh."""
-        self.folder, self.writer = folder, None
-        self.written = {"images": 0, "texts": 0}
+    def start(self, segments: list[Segment]) -> None:
+        """Write the batches of `segments` (the loader's, in its order), counting afresh."""
+        self.segments, self.writers = segments, {}
+        self.written = {s.folder: {"images": 0, "texts": 0} for s in segments}
+        self.seconds = {s.folder: 0.0 for s in segments}
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self._mark = time.perf_counter()
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        if len(prediction["row"]) == 0:
-            return
-        if self.writer is None:
-            self.writer = SplitCacheWriter(self.folder).open()
-        kind = "images" if "image_tokens" in prediction else "texts"
-        self.written[kind] += len(prediction["row"])
-        if kind == "images":
-            self.writer.write_images(
+        segment = self.segments[prediction["segment"]]
+        if len(prediction["row"]) > 0:
+            self._write(segment, prediction)
+        now = time.perf_counter()  # this batch's reading, encoding and writing: its folder's
+        self.seconds[segment.folder] += now - self._mark
+        self._mark = now
+
+    def _write(self, segment: Segment, prediction: dict[str, Any]) -> None:
+        if segment.folder not in self.writers:
+            self.writers[segment.folder] = SplitCacheWriter(segment.folder).open()
+        writer = self.writers[segment.folder]
+        kind = f"{segment.kind}s"
+        self.written[segment.folder][kind] += len(prediction["row"])
+        if segment.kind == "image":
+            writer.write_images(
                 prediction["row"], prediction["image_tokens"], prediction["image_embedding"]
             )
         else:
-            self.writer.write_texts(
+            writer.write_texts(
                 prediction["row"],
                 prediction["text_tokens"],
                 prediction["text_mask"],
                 prediction["text_embedding"],
             )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One pass of a build: the `kind` (`image` or `text`) rows of the split in `folder`."""
+
+    folder: Path
+    kind: str
+    rows: Dataset  # a SkipDone over the split's image or text rows
+
+
+class Segments(Dataset):
+    """Every segment of a build as one dataset for one `trainer.predict`, each padded with
+    skipped items to a multiple of `batch_size * world_size`: batches (also those a distributed
+    sampler deals out, `rank::world_size` in order) never straddle two segments, so the encoders
+    load onto the device once for all splits and a batch is all images or all texts of a split.
+    Items carry `segment`, their index in `segments`."""
+
+    def __init__(self, segments: list[Segment], batch_size: int, world_size: int) -> None:
+        self.segments = segments
+        block = batch_size * world_size
+        self.starts: list[int] = []
+        total = 0
+        for segment in segments:
+            self.starts.append(total)
+            total += -(-len(segment.rows) // block) * block  # rounded up to whole blocks
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        which = int(np.searchsorted(self.starts, index, side="right")) - 1
+        local = index - self.starts[which]
+        rows = self.segments[which].rows
+        item = rows[local] if local < len(rows) else {"row": -1, "skip": True}
+        return {**item, "segment": which}
 
 
 class SkipDone(Dataset):
@@ -139,6 +193,7 @@ def collate_pending(items: list[dict[str, Any]]) -> dict[str, Any]:
     whose rows are all done already is just an empty `row`."""
     todo = [i for i in items if not i.get("skip")]
     batch: dict[str, Any] = {"row": torch.tensor([i["row"] for i in todo], dtype=torch.int64)}
+    batch["segment"] = items[0].get("segment", 0)  # one per batch (`Segments`)
     if todo and "image" in todo[0]:
         batch["image"] = torch.stack([i["image"] for i in todo])
     elif todo:
@@ -302,53 +357,76 @@ def progress_named(trainer: Trainer, description: str) -> Iterator[None]:
         bar.__class__ = original
 
 
-def build_split(
+@dataclass(frozen=True)
+class SplitJob:
+    """A split to encode: its folder, its sources (`rlrt.cache.sources`) and its build record."""
+
+    folder: Path
+    sources: Any
+    build: dict[str, Any]
+
+
+def prepare_split(job: SplitJob, shapes: Shapes) -> None:
+    """Allocate the split's arrays (global rank 0; a resumed build keeps its rows) or wait for
+    them (the other ranks)."""
+    sources = job.sources
+    if global_rank() != 0:
+        wait_for(job.folder / "build.json", job.build)
+        return
+    SplitCacheWriter.create(
+        job.folder,
+        build=job.build,
+        ids=sources.ids,
+        sample_image_row=sources.sample_image_row,
+        num_images=max(len(sources.image_paths), 1),  # keep arrays non-empty; row 0 unused then
+        shapes=shapes,
+        image_stats=sources.image_stats,
+    )
+    if not sources.image_paths:
+        marker = np.load(job.folder / "image_done.npy", mmap_mode="r+")
+        marker[:] = True
+        marker.flush()
+
+
+def build_splits(
     trainer: Trainer,
     extractor: FeatureExtractor,
-    sources,
-    folder: Path,
+    writer: RowWriter,
+    jobs: list[SplitJob],
     *,
-    build: dict[str, Any],
     shapes: Shapes,
     batch_size: int,
     num_workers: int,
 ) -> None:
-    """Encode one split's distinct images and texts into `folder` (resuming if possible)."""
-    num_images = max(len(sources.image_paths), 1)  # keep arrays non-empty; row 0 unused then
-    if global_rank() == 0:
-        SplitCacheWriter.create(
-            folder,
-            build=build,
-            ids=sources.ids,
-            sample_image_row=sources.sample_image_row,
-            num_images=num_images,
-            shapes=shapes,
-            image_stats=sources.image_stats,
+    """Encode the distinct images and the texts of every split of `jobs` in one
+    `trainer.predict` (resuming where a killed build stopped): the encoders go to the device
+    once, and the loader's workers decode images and read texts while the device encodes."""
+    for job in jobs:
+        prepare_split(job, shapes)
+    segments = [
+        Segment(job.folder, kind, SkipDone(dataset, job.folder / f"{kind}_done.npy"))
+        for job in jobs
+        for kind, dataset in (
+            ("image", job.sources.image_dataset(np.arange(len(job.sources.image_paths)))),
+            ("text", job.sources.text_dataset(np.arange(len(job.sources.ids)))),
         )
-        if not sources.image_paths:
-            marker = np.load(folder / "image_done.npy", mmap_mode="r+")
-            marker[:] = True
-            marker.flush()
-    else:
-        wait_for(folder / "build.json", build)
-    passes = (
-        ("image", sources.image_dataset(np.arange(len(sources.image_paths)))),
-        ("text", sources.text_dataset(np.arange(len(sources.ids)))),
-    )
-    for kind, dataset in passes:
-        if len(dataset) == 0:
-            continue
+        if len(dataset) > 0
+    ]
+    if segments:
+        writer.start(segments)
         loader = DataLoader(
-            SkipDone(dataset, folder / f"{kind}_done.npy"),
+            Segments(segments, batch_size, trainer.world_size),
             batch_size=batch_size,
-            num_workers=num_workers if kind == "image" else 0,
+            num_workers=num_workers,
             collate_fn=collate_pending,
         )
-        with progress_named(trainer, f"{folder.name}: encoding {kind}s"):
+        names = ", ".join(dict.fromkeys(job.folder.name for job in jobs))
+        with progress_named(trainer, f"encoding {names}"):
             trainer.predict(extractor, dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
-        SplitCacheWriter(folder).open().finalize({**build, "complete": True})
+        for job in jobs:
+            SplitCacheWriter(job.folder).open().finalize({**job.build, "complete": True})
 
 
 def folder_size(folder: Path) -> int:

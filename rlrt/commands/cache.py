@@ -1,4 +1,4 @@
-"""`rlrt cache`: run the frozen encoders once per split and store the pooled Features.
+"""`rlrt cache`: run the frozen encoders once over the splits and store the pooled Features.
 
 Same `--config` / `--data.*` / `--model.*` / `--trainer.*` arguments as `fit`; the cache goes to
 `--data.init_args.feature_cache DIR` (or `--cache_dir DIR`). Runs through `trainer.predict`, so
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +29,9 @@ from rlrt.cache.builder import (
     SPLITS,
     FeatureExtractor,
     RowWriter,
+    SplitJob,
     build_dummy,
-    build_split,
+    build_splits,
     check_disk_space,
     claim,
     count_split,
@@ -59,8 +59,10 @@ from rlrt.engine.lightning_cli import RLRTCLI, parse_only
 @dataclass
 class CacheBuildReport:
     """What `rlrt cache` did: the cache folder, and for each split it encoded (not the ones found
-    complete) the samples and the seconds spent reading and encoding them. The seconds exclude
-    building the CLI, loading the encoders and the dummy inputs, which happen once per command."""
+    complete) the samples and the seconds spent reading, encoding and writing them (the one pass
+    over all splits apportioned by batch; its set-up falls to the first split's first batch). The
+    seconds exclude building the CLI, loading the encoders and the dummy inputs, which happen once
+    per command."""
 
     folder: Path
     samples: dict[str, int] = field(default_factory=dict)
@@ -140,7 +142,7 @@ def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> 
         save_config_callback=None,
     )
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
-    writer = RowWriter(cache_dir)
+    writer = RowWriter()
     trainer.callbacks.append(writer)
     extractor = FeatureExtractor(model.image_encoder, model.text_encoder)
     shapes = shapes_of(model.image_encoder, model.text_encoder)
@@ -160,8 +162,8 @@ def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> 
         build_dummy(cache_dir / "dummy", model.image_encoder, model.text_encoder, shapes, encoders)
     batch_size = args.batch_size or getattr(datamodule, "eval_batch_size", 32)
     report = CacheBuildReport(cache_dir)
+    jobs = []
     for split in splits:
-        start = time.perf_counter()
         sources = split_sources(datamodule, split)
         build = {
             **encoders,
@@ -173,7 +175,6 @@ def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> 
                 "text_tokens": shapes.text_tokens,
             },
         }
-        writer.start(cache_dir / split)
         if global_rank() == 0:
             needed = claim(
                 cache_dir / split, build, args.overwrite, args.verify, sources.image_stats
@@ -186,30 +187,34 @@ def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> 
         if not needed:
             print(f"rlrt cache: {split}: complete already -> {cache_dir / split}")
             continue
-        build_split(
-            trainer,
-            extractor,
-            sources,
-            cache_dir / split,
-            build=build,
-            shapes=shapes,
-            batch_size=batch_size,
-            num_workers=getattr(datamodule, "num_workers", 0),
-        )
+        jobs.append(SplitJob(cache_dir / split, sources, build))
+    # every split in one pass: the encoders go to the device once
+    build_splits(
+        trainer,
+        extractor,
+        writer,
+        jobs,
+        shapes=shapes,
+        batch_size=batch_size,
+        num_workers=getattr(datamodule, "num_workers", 0),
+    )
+    for job in jobs:
+        split, sources, folder = job.folder.name, job.sources, job.folder
         built.add(split)
-        seconds = time.perf_counter() - start
+        seconds = writer.seconds.get(folder, 0.0)
         report.samples[split], report.seconds[split] = len(sources.ids), seconds
         if trainer.world_size > 1:  # which process did what: each encodes its shard
+            written = writer.written.get(folder, {"images": 0, "texts": 0})
             print(
                 f"rlrt cache: {split}: rank {trainer.global_rank} of {trainer.world_size} "
-                f"encoded {writer.written['images']} images and {writer.written['texts']} texts",
+                f"encoded {written['images']} images and {written['texts']} texts",
                 flush=True,
             )
         if trainer.is_global_zero:
-            size = folder_size(cache_dir / split) / 2**20
+            size = folder_size(folder) / 2**20
             print(
                 f"rlrt cache: {split}: {len(sources.ids)} samples, {len(sources.image_paths)} "
-                f"images, {size:.1f} MiB, {seconds:.1f} s -> {cache_dir / split}"
+                f"images, {size:.1f} MiB, {seconds:.1f} s -> {folder}"
             )
     if args.verify and trainer.is_global_zero:
         checked = [
