@@ -272,11 +272,22 @@ class FrozenImageEncoder(FrozenEncoder):
 
         Returns:
             tokens `(L_s, B, N_i, D_i)`, mask `(B, N_i)` (all True), embedding `(B, E_i)`; float32.
-            `tokens[l]` is the output of `visual.transformer.resblocks[layer_indices[l]]` (before
-            `ln_post`), pooled by `pool_image_tokens`; the embedding is the model's own (pooled,
-            normed, projected).
+            `tokens[l]` is tap `layer_indices[l]`, pooled (`pooled_taps`); the embedding is the
+            model's own.
         """
         pixels = self.normalize(images, present)
+        layers, embedding = self.pooled_taps(pixels)
+        tokens = torch.stack(layers)  # (L_s, B, N_i, D_i)
+        mask = torch.ones(tokens.shape[1:3], dtype=torch.bool, device=tokens.device)
+        return tokens, mask, embedding.float()
+
+    def pooled_taps(self, pixels: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Normalised `(B, 3, S, S)` -> `L_s` pooled taps `(B, N_i, D_i)` and the embedding.
+
+        Tap `l` is the output of `visual.transformer.resblocks[layer_indices[l]]` (before
+        `ln_post`), pooled by `pool_image_tokens`; the embedding is open_clip's (pooled, normed,
+        projected).
+        """
         with _autocast(pixels.device):
             out = self.visual.forward_intermediates(
                 pixels,
@@ -295,9 +306,7 @@ class FrozenImageEncoder(FrozenEncoder):
             pool_image_tokens(cls[:, 0].float(), grid.float(), self.token_grid)
             for cls, grid in zip(out["image_intermediates_prefix"], out["image_intermediates"])
         ]
-        tokens = torch.stack(layers)  # (L_s, B, N_i, D_i)
-        mask = torch.ones(tokens.shape[1:3], dtype=torch.bool, device=tokens.device)
-        return tokens, mask, out["image_features"].float()
+        return layers, out["image_features"]
 
 
 class FrozenCNNImageEncoder(FrozenImageEncoder):
@@ -458,22 +467,12 @@ class FrozenCNNImageEncoder(FrozenImageEncoder):
             identity["init_seed"] = self.init_seed
         return identity
 
-    @torch.no_grad()
-    def forward(
-        self, images: Tensor, present: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Encode a batch of images.
+    def pooled_taps(self, pixels: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Normalised `(B, 3, S, S)` -> `L_s` pooled taps `(B, N_i, D_i)` and the embedding.
 
-        Args:
-            images: uint8 `(B, 3, S, S)`.
-            present: bool `(B,)`; False substitutes the dummy image.
-
-        Returns:
-            tokens `(L_s, B, N_i, D_i)`, mask `(B, N_i)` (all True), embedding `(B, E_i)`; float32.
-            `tokens[l]` is the output map of stage `layer_indices[l]`, brought to `D_i` channels
-            by `match_width` and pooled by `pool_feature_map`.
+        Tap `l` is the output map of stage `layer_indices[l]`, brought to `D_i` channels by
+        `match_width` and pooled by `pool_feature_map`; the embedding is the tower's own.
         """
-        pixels = self.normalize(images, present)
         with _autocast(pixels.device):
             maps, embedding = self.tower(pixels, self.layer_indices)
         if len(maps) != len(self.layer_indices):
@@ -481,9 +480,7 @@ class FrozenCNNImageEncoder(FrozenImageEncoder):
         layers = [
             pool_feature_map(match_width(m.float(), self.width), self.token_grid) for m in maps
         ]
-        tokens = torch.stack(layers)  # (L_s, B, N_i, D_i)
-        mask = torch.ones(tokens.shape[1:3], dtype=torch.bool, device=tokens.device)
-        return tokens, mask, embedding.float()
+        return layers, embedding
 
 
 def _open_clip_visual(
