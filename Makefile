@@ -25,7 +25,7 @@ test-all: install ## every test, slow ones included
 robustness: install ## missing-modality and noise grid of CKPT=<checkpoint> -> results/robustness/robustness.{csv,md,png}
 	$(OFFLINE) $(BIN)/rlrt robustness --ckpt_path "$(CKPT)" --output results/robustness $(ROBUSTNESS_ARGS)
 
-robustness-evidence: install ## RLRT vs late fusion vs modality dropout on the demo data with MobileNetV2 + MiniLM, 3 training seeds x 2 protocol seeds (~30 min) -> docs/robustness/
+robustness-evidence: install ## RLRT vs late fusion vs modality dropout on the demo data with MobileNetV2 + MiniLM, 3 training seeds x 2 protocol seeds (~60 min) -> docs/robustness/
 	$(OFFLINE) $(BIN)/rlrt compare --config configs/trainer/demo.yaml --config configs/data/demo.yaml --config configs/model/demo.yaml --config configs/model/demo_mobilenet.yaml --trainer.max_epochs=40 --variants=full,late_fusion,modality_dropout --train_seeds=0,1,2 --seeds=0,1 --output=docs/robustness --workdir=results/evidence_mobilenet
 
 robustness-evidence-random-vit: install ## the same grid with the random ViT image encoder (~20 min) -> docs/robustness/random_vit/
