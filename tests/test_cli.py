@@ -70,11 +70,17 @@ def test_fit_then_test_through_the_cli(in_tmp, tiny_vit_config, tiny_llama_dir):
     assert saved["model"]["common_dim"] == 8
 
 
-def test_demo_command_writes_the_three_rows(in_tmp, tiny_vit_config, tiny_llama_dir, capsys):
+@pytest.mark.parametrize("storage", ["float16", "int8"])
+def test_demo_command_writes_the_three_rows(
+    storage, in_tmp, tiny_vit_config, tiny_llama_dir, capsys
+):
     args = demo_args(in_tmp, tiny_vit_config, tiny_llama_dir, num_movies=40)
     args = [a for a in args if a != "--trainer.max_epochs=2"] + ["--trainer.max_epochs=1"]
     tiny = ["--model-config", str(CONFIGS / "model" / "demo.yaml")]  # the tiny encoders' base
-    main(["demo", "--configs", str(CONFIGS), "--output", str(in_tmp / "out"), *tiny, *args[6:]])
+    demo = ["demo", "--configs", str(CONFIGS), "--output", str(in_tmp / "out"), *tiny]
+    main([*demo, f"--storage_dtype={storage}", *args[6:]])
+    manifest = json.loads((in_tmp / "out" / "cache" / "train" / "manifest.json").read_text())
+    assert manifest["dtype"] == storage
     rows = json.loads((in_tmp / "out" / "metrics.json").read_text())
     assert set(rows) == {"complete", "missing_image", "missing_text"}
     for row in rows.values():

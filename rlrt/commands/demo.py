@@ -74,6 +74,13 @@ def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
     )
     parser.add_argument("--output", default="results/demo", help="where metrics.json goes")
     parser.add_argument("--cache", default=None, help="feature cache (default: <output>/cache)")
+    parser.add_argument(
+        "--storage_dtype",
+        choices=("float16", "int8"),
+        default="float16",
+        help="how the cache stores the features (`rlrt cache --storage_dtype`): int8 takes half "
+        "the disk",
+    )
     args, overrides = parser.parse_known_args(argv)
     configs = []
     for group in ("trainer", "data", "model"):
@@ -84,7 +91,15 @@ def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
     # user overrides come last, so they win over the demo's own
     overrides = [f"--trainer.max_epochs={DEMO_EPOCHS}", *overrides]
     # the demo's cache is its own derived data: rebuilt when the demo's config changes
-    run_cache([*configs, *overrides, f"--data.init_args.feature_cache={cache}", "--overwrite"])
+    run_cache(
+        [
+            *configs,
+            *overrides,
+            f"--data.init_args.feature_cache={cache}",
+            f"--storage_dtype={args.storage_dtype}",
+            "--overwrite",
+        ]
+    )
     overrides = [*overrides, f"--data.init_args.feature_cache={cache}"]
 
     fit = RLRTCLI(args=["fit", *configs, *overrides])
