@@ -73,7 +73,13 @@ def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
         "ImageNet MobileNetV2 + MiniLM; give model/demo.yaml for the random ViT + MiniLM)",
     )
     parser.add_argument("--output", default="results/demo", help="where metrics.json goes")
-    parser.add_argument("--cache", default=None, help="feature cache (default: <output>/cache)")
+    parser.add_argument(
+        "--cache",
+        "--cache_dir",  # `rlrt cache`'s name, which its one-line errors give
+        dest="cache",
+        default=None,
+        help="feature cache (default: <output>/cache)",
+    )
     parser.add_argument(
         "--storage_dtype",
         choices=("float16", "int8"),
