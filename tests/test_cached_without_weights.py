@@ -12,6 +12,7 @@ import torch
 
 from rlrt.cache.format import SplitCacheReader
 from rlrt.commands.cache import run_cache
+from rlrt.commands.robustness import run_robustness
 from rlrt.engine.lightning_cli import RLRTCLI
 from tests.test_cli import demo_args
 
@@ -72,6 +73,14 @@ def test_cached_fit_and_test_run_with_the_weight_files_deleted(tmp_path, weights
     metrics = test.trainer.callback_metrics
     assert 0.0 <= float(metrics["test/f1_macro"]) <= 1.0
     assert not test.model.text_encoder.is_loaded
+
+    # the missing-modality grid from the cache (the noise grid needs the raw inputs: online)
+    output = tmp_path / "robustness"
+    robust = ["--ckpt_path", str(checkpoint), "--output", str(output), "--rates", "0,1"]
+    grid = run_robustness([*robust, "--types", "image,text", "--noise_levels", ""])
+    assert set(grid["features"]) == {"cache"}
+    scores = grid[grid["metric"] == "f1_macro"]["value"]
+    assert len(scores) == 4 and scores.between(0.0, 1.0).all()
 
 
 def test_online_encoding_without_the_weight_files_is_one_line(tmp_path, weights, monkeypatch):
