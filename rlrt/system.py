@@ -224,7 +224,7 @@ class RLRT(LightningModule):
             )
             self.val_alignment = alignment.clone()
             self.test_alignment = alignment.clone()
-        # per stage, the cached samples whose features were found finite (`_check_finite_once`)
+        # per stage and cache, the samples whose features were found finite (`_check_finite_once`)
         self._finite_checked: dict[str, set[str]] = {}
         metrics = make_metrics(task, num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
@@ -274,8 +274,11 @@ class RLRT(LightningModule):
         it. The cache is checked when opened on a sample of rows (`rlrt cache --verify` checks
         all); here each sample is checked the first time a stage meets it, so after the first
         epoch the step no longer waits for the device to answer."""
-        stage = str(self.trainer.state.stage) if self._trainer is not None else ""
-        checked = self._finite_checked.setdefault(stage, set())
+        where = ""  # the stage and the cache folder: the same ids may come from another cache
+        if self._trainer is not None:
+            cache = getattr(self.trainer.datamodule, "feature_cache", None)
+            where = f"{self.trainer.state.stage}:{cache}"
+        checked = self._finite_checked.setdefault(where, set())
         if all(sample_id in checked for sample_id in ids):
             return
         bad = features.non_finite_samples()
