@@ -616,6 +616,10 @@ class FrozenTextEncoder(FrozenEncoder):
         dtype: weights dtype; `bfloat16` halves the memory of a 7B model.
         revision: hub revision, recorded in the identity.
         trust_remote_code: off unless set explicitly.
+        random_weights: build the model from its `config.json` with random weights seeded by
+            `init_seed` instead of reading its weights (the folder needs its config and tokenizer
+            only): the paper's shapes without its 13.5 GB, for benchmarks and smoke runs.
+        init_seed: seed of the random weights.
     """
 
     def __init__(
@@ -629,6 +633,8 @@ class FrozenTextEncoder(FrozenEncoder):
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         revision: str | None = None,
         trust_remote_code: bool = False,
+        random_weights: bool = False,
+        init_seed: int = 0,
     ) -> None:
         super().__init__()
         self._record_config(
@@ -640,6 +646,8 @@ class FrozenTextEncoder(FrozenEncoder):
             dtype=dtype,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            random_weights=random_weights,
+            init_seed=init_seed,
         )
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -667,6 +675,9 @@ class FrozenTextEncoder(FrozenEncoder):
         self.path = path
         self.revision = revision
         self.trust_remote_code = trust_remote_code
+        self.random_weights = random_weights
+        self.init_seed = init_seed
+        self._model_config = config  # what `_build` makes random weights for
         self.dtype_name = dtype
         self.model_type = config.model_type
         self.pooling = pooling
@@ -686,6 +697,14 @@ class FrozenTextEncoder(FrozenEncoder):
     def _build(self) -> nn.Module:
         from transformers import AutoModel
 
+        if self.random_weights:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.init_seed)
+                return AutoModel.from_config(
+                    self._model_config,
+                    dtype=getattr(torch, self.dtype_name),
+                    trust_remote_code=self.trust_remote_code,
+                )
         with _text_model_errors(self.model_name_or_path), _without_loading_bar():
             return AutoModel.from_pretrained(
                 self.path,
@@ -695,6 +714,9 @@ class FrozenTextEncoder(FrozenEncoder):
             )
 
     def _read_weights_fingerprint(self) -> str | None:
+        if self.random_weights:  # the architecture is the weights' only source: its config
+            config = Path(self.path) / "config.json"
+            return file_fingerprint(config) if config.is_file() else None
         if Path(self.path).is_dir():
             return folder_fingerprint(self.path)
         return hub_snapshot_commit(self.path, self.revision)  # the snapshot loaded, even at None
@@ -705,9 +727,10 @@ class FrozenTextEncoder(FrozenEncoder):
 
     def identity_fields(self) -> dict[str, Any]:
         """Model (name and revision; with `identity`'s `weights_fingerprint`, the content of a
-        local folder or the commit of the cached hub snapshot), weights dtype, layers, tap point,
+        local folder or the commit of the cached hub snapshot; random weights: their seed, and
+        the fingerprint of the config they were made for), weights dtype, layers, tap point,
         pooling and truncation."""
-        return {
+        identity = {
             "model_name_or_path": self.model_name_or_path,
             "revision": self.revision,
             "dtype": self.dtype_name,
@@ -718,6 +741,9 @@ class FrozenTextEncoder(FrozenEncoder):
             "pooling": self.pooling,
             "max_length": self.max_length,
         }
+        if self.random_weights:  # absent otherwise: earlier caches and checkpoints still match
+            identity.update(random_weights=True, init_seed=self.init_seed)
+        return identity
 
     def tokenize(self, texts: list[str], device: torch.device) -> dict[str, Tensor]:
         batch = self.tokenizer(

@@ -276,3 +276,29 @@ def test_packaged_minilm_loads_offline_through_the_same_path():
     more, _, more_emb = encoder(["a haunted house with ghosts", "the stock market fell today"])
     cos = torch.nn.functional.cosine_similarity
     assert cos(embedding[0], more_emb[0], dim=0) > cos(embedding[0], more_emb[1], dim=0)
+
+
+def test_random_text_weights_come_from_the_config_alone(tiny_llama_dir, tmp_path):
+    """`random_weights`: the folder's config and tokenizer, no weight file read; seeded, and
+    recorded in the identity (an encoder of the file's weights is another encoder)."""
+    import shutil
+
+    folder = tmp_path / "llama-config-only"
+    shutil.copytree(tiny_llama_dir, folder)
+    for weights in [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]:
+        weights.unlink()
+    args = {"model_name_or_path": str(folder), "layers": 2, "pooling": "last"}
+    one = FrozenTextEncoder(**args, random_weights=True, init_seed=1)
+    again = FrozenTextEncoder(**args, random_weights=True, init_seed=1)
+    other = FrozenTextEncoder(**args, random_weights=True, init_seed=2)
+    texts = ["a quiet film about the sea", "loud robots"]
+    tokens, mask, embedding = one(texts)
+    torch.testing.assert_close(again(texts)[0], tokens, rtol=0, atol=0)
+    assert not torch.allclose(other(texts)[0], tokens)
+    assert tokens.shape[:2] == (2, 2) and torch.isfinite(tokens).all()
+    assert one.identity()["init_seed"] == 1 and one.identity()["random_weights"] is True
+    assert one.identity() != other.identity()
+    pretrained = FrozenTextEncoder(model_name_or_path=str(tiny_llama_dir), layers=2)
+    assert "random_weights" not in pretrained.identity()  # earlier identities are unchanged
+    with pytest.raises(FileNotFoundError, match="cannot load text model"):
+        FrozenTextEncoder(**args).load()  # without random_weights the weights are needed
