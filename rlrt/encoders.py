@@ -76,7 +76,8 @@ class FrozenEncoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._loaded: nn.Module | None = None
-        self._fingerprint: tuple[str | None] | None = None  # (value,) once known
+        self._fingerprint: str | None = None
+        self._fingerprint_from: str | None = None  # "files" once read, "cache" once adopted
         # Moves with the encoder (`.to(device)`): where `load()` puts the weights.
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
@@ -100,26 +101,30 @@ class FrozenEncoder(nn.Module):
             for parameter in model.parameters():
                 parameter.requires_grad_(False)
             model.train(False)
-            adopted = self._fingerprint
-            if adopted is not None and adopted[0] != self._read_weights_fingerprint():
-                raise ValueError(
-                    f"{type(self).__name__}: the weight files now differ from those that made "
-                    f"the cached features this model was set up with ({adopted[0]}); rebuild the "
-                    "cache with `rlrt cache --overwrite`, or restore the weights"
-                )
+            if self._fingerprint_from == "cache":  # set up from a cache: same weights?
+                files = self._read_weights_fingerprint()
+                if files != self._fingerprint:
+                    raise ValueError(
+                        f"{type(self).__name__}: the weight files now differ from those that "
+                        f"made the cached features this model was set up with "
+                        f"({self._fingerprint}); rebuild the cache with `rlrt cache "
+                        "--overwrite`, or restore the weights"
+                    )
+                self._fingerprint_from = "files"
             self._loaded = model.to(device=self._anchor.device)
         return self._loaded
 
     def weights_fingerprint(self) -> str | None:
         """The weights' content fingerprint: adopted from a cache manifest, else read once."""
-        if self._fingerprint is None:
-            self._fingerprint = (self._read_weights_fingerprint(),)
-        return self._fingerprint[0]
+        if self._fingerprint_from is None:
+            self._fingerprint = self._read_weights_fingerprint()
+            self._fingerprint_from = "files"
+        return self._fingerprint
 
     def adopt_weights_fingerprint(self, fingerprint: str | None) -> None:
         """Take the fingerprint a feature cache recorded: the features trained on are the cache's,
         so the checkpoint records the weights that made them, without reading the files."""
-        self._fingerprint = (fingerprint,)
+        self._fingerprint, self._fingerprint_from = fingerprint, "cache"
 
     # -- freezing and identity
     def train(self, mode: bool = True) -> FrozenEncoder:

@@ -302,3 +302,29 @@ def test_random_text_weights_come_from_the_config_alone(tiny_llama_dir, tmp_path
     assert "random_weights" not in pretrained.identity()  # earlier identities are unchanged
     with pytest.raises(FileNotFoundError, match="cannot load text model"):
         FrozenTextEncoder(**args).load()  # without random_weights the weights are needed
+
+
+def test_the_weights_fingerprint_is_read_once(tiny_llama_dir, monkeypatch):
+    """Reading it samples every weight file (72 MiB of a 7B model): once per encoder, whether
+    the identity or `load()` asks first; a fingerprint adopted from a cache is checked against
+    the files once, when the weights load."""
+    reads = []
+    original = FrozenTextEncoder._read_weights_fingerprint
+
+    def counted(self):
+        reads.append(1)
+        return original(self)
+
+    monkeypatch.setattr(FrozenTextEncoder, "_read_weights_fingerprint", counted)
+    args = {"model_name_or_path": str(tiny_llama_dir), "layers": 1}
+    encoder = FrozenTextEncoder(**args)
+    files = encoder.identity()["weights_fingerprint"]
+    encoder.load()
+    encoder.identity()
+    assert len(reads) == 1
+    adopted = FrozenTextEncoder(**args)
+    adopted.adopt_weights_fingerprint(files)
+    assert adopted.identity()["weights_fingerprint"] == files and len(reads) == 1
+    adopted.load()  # compared with the files here, once
+    adopted.identity()
+    assert len(reads) == 2

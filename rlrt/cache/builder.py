@@ -436,7 +436,7 @@ def folder_size(folder: Path) -> int:
 @dataclass(frozen=True)
 class SplitCount:
     """What a split's size depends on besides the encoders' shapes: samples, image rows (at
-    least 1, as `build_split` allocates) and the bytes of its `ids.json`."""
+    least 1, as `prepare_split` allocates) and the bytes of its `ids.json`."""
 
     num_samples: int
     num_images: int
@@ -468,18 +468,19 @@ def bytes_needed(
 ) -> dict[str, int]:
     """`{folder name: bytes}` the folders `counts` (name -> count) of `cache_dir` still need,
     stored as `dtype`, where more than 0: each one's estimated size less the blocks its files
-    hold now. A resumed build's arrays are
-    allocated already (`_allocate` reserves them), and the files of a folder rebuilt are deleted
-    before the new ones are allocated. A complete folder (with a manifest) needs nothing unless
-    `overwrite`: it is either reused or refused (another config) by `claim`."""
+    hold now. A resumed build's arrays are allocated already (`_allocate` reserves them), and the
+    files of a folder rebuilt are deleted before the new ones are allocated. A complete folder
+    (with a manifest) needs nothing unless `overwrite`: it is either reused or refused (another
+    config) by `claim`."""
     needed = {}
     for name, c in counts.items():
         folder = Path(cache_dir) / name
         if not overwrite and (folder / "manifest.json").is_file():
             continue
         size = estimated_split_bytes(c.num_samples, c.num_images, shapes, dtype, c.ids_bytes)
-        if size > allocated_bytes(folder):
-            needed[name] = size - allocated_bytes(folder)
+        held = allocated_bytes(folder)
+        if size > held:
+            needed[name] = size - held
     return needed
 
 
