@@ -70,7 +70,7 @@ SCALE_DTYPE = np.dtype(np.float32)
 
 LOCK_NAME = ".rlrt-cache.lock"
 REBUILD = "rebuild it with `rlrt cache` (same config) and --overwrite"
-_FLOAT_ARRAYS = ("image_tokens", "image_embedding", "text_tokens", "text_embedding")
+FEATURE_ARRAYS = ("image_tokens", "image_embedding", "text_tokens", "text_embedding")
 _OPEN_SAMPLE_ROWS = 8  # rows per float array checked for finite values when a split is opened
 _VERIFY_CHUNK_BYTES = 64 * 2**20
 
@@ -365,7 +365,7 @@ def array_specs(
         "text_done": ((n,), np.dtype(np.bool_)),
     }
     if dtype == "int8":
-        for name in _FLOAT_ARRAYS:
+        for name in FEATURE_ARRAYS:
             specs[f"{name}_scale"] = (specs[name][0][:-1], SCALE_DTYPE)
     return specs
 
@@ -445,7 +445,7 @@ class SplitCacheWriter:
             "text_done",
         ):
             self.arrays[name] = load_array(self.folder / f"{name}.npy", mmap_mode="r+")
-        for name in _FLOAT_ARRAYS:
+        for name in FEATURE_ARRAYS:
             if self.arrays[name].dtype == np.int8:
                 scale = f"{name}_scale"
                 self.arrays[scale] = load_array(self.folder / f"{scale}.npy", mmap_mode="r+")
@@ -536,14 +536,14 @@ class SplitCacheReader:
         _check_manifest(self.manifest, manifest_file)
         self.ids: list[str] = read_json(self.folder / "ids.json", list)
         self.dtype: str = self.manifest["dtype"]
-        names = [*_FLOAT_ARRAYS, "text_mask"]
+        names = [*FEATURE_ARRAYS, "text_mask"]
         if self.dtype == "int8":
-            names += [f"{name}_scale" for name in _FLOAT_ARRAYS]
+            names += [f"{name}_scale" for name in FEATURE_ARRAYS]
         self.stored = {name: load_array(self.path(name)) for name in names}
         self.text_mask = self.stored["text_mask"]
         self.sample_image_row = load_array(self.folder / "sample_image_row.npy", mmap_mode=None)
         self._check_shapes()
-        for name in _FLOAT_ARRAYS:
+        for name in FEATURE_ARRAYS:
             array = self.stored[name]
             if self.dtype == "int8":
                 array = Dequantized(array, self.stored[f"{name}_scale"])
@@ -575,7 +575,7 @@ class SplitCacheReader:
             "image_embedding": ((m, None), kind),
         }
         if self.dtype == "int8":
-            for name in _FLOAT_ARRAYS:
+            for name in FEATURE_ARRAYS:
                 values = stored[name].shape if stored[name].ndim else (None,)
                 expected[f"{name}_scale"] = (values[:-1], SCALE_DTYPE)
         expected["sample_image_row"] = ((n,), np.int64)
@@ -606,7 +606,7 @@ class SplitCacheReader:
         `CacheCorruptError` naming the first bad file and row (the scale file of an int8
         cache: its values cannot be non-finite). Returns the number of rows checked."""
         checked = 0
-        for name in _FLOAT_ARRAYS:
+        for name in FEATURE_ARRAYS:
             array = getattr(self, name)
             scaled = isinstance(array, Dequantized)
             path = self.path(f"{name}_scale" if scaled else name)

