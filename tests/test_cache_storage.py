@@ -393,3 +393,31 @@ def test_enough_space_builds(caches, tmp_path, monkeypatch, capsys):
     status, out, err = rlrt_cache(caches, tmp_path / "cache", capsys, "--storage_dtype=int8")
     assert status == 0, err
     assert SplitCacheReader(tmp_path / "cache" / "train").manifest["dtype"] == "int8"
+
+
+def test_the_storage_report_errors_match_a_loop_over_vectors():
+    """`rlrt.reports.storage_cost.array_error` against an explicit loop over feature vectors,
+    on a real quantisation round trip (a zero vector included)."""
+    from rlrt.reports.storage_cost import array_error
+
+    rng = np.random.default_rng(3)
+    reference = (rng.standard_normal((5, 3, 8)) * rng.uniform(0.1, 9, (5, 3, 1))).astype(np.float16)
+    reference[2, 1] = 0
+    values, scale = quantize(reference)
+    read = dequantize(values, scale)
+    got = array_error(reference, read)
+    worst_ratio, squared_error, squared = 0.0, 0.0, 0.0
+    for i in range(5):
+        for j in range(3):
+            a = [float(v) for v in reference[i, j]]
+            b = [float(v) for v in read[i, j]]
+            diffs = [abs(x - y) for x, y in zip(a, b)]
+            peak = max(abs(x) for x in a)
+            if peak > 0:
+                worst_ratio = max(worst_ratio, max(diffs) / peak)
+            squared_error += sum(d * d for d in diffs)
+            squared += sum(x * x for x in a)
+    assert got["max_error_over_vector_max"] == pytest.approx(worst_ratio, rel=1e-12)
+    assert got["relative_rms_error"] == pytest.approx((squared_error / squared) ** 0.5, rel=1e-9)
+    assert got["max_abs_value"] == pytest.approx(float(np.abs(reference.astype(float)).max()))
+    assert 0 < got["max_error_over_vector_max"] <= 1 / 254 + 1 / 2048
