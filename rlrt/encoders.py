@@ -94,8 +94,10 @@ class FrozenEncoder(nn.Module):
     def is_loaded(self) -> bool:
         return self._loaded is not None
 
-    def load(self) -> nn.Module:
-        """The frozen model with its weights, built on first call on the encoder's device."""
+    def load(self, device: torch.device | str | None = None) -> nn.Module:
+        """The frozen model with its weights, built on first call and put on `device` (default:
+        the encoder's own; a model's `setup` passes the trainer's, so that a 13.5 GB model goes
+        to the GPU once instead of to the CPU first)."""
         if self._loaded is None:
             model = self._build()
             for parameter in model.parameters():
@@ -111,7 +113,7 @@ class FrozenEncoder(nn.Module):
                         "--overwrite`, or restore the weights"
                     )
                 self._fingerprint_from = "files"
-            self._loaded = model.to(device=self._anchor.device)
+            self._loaded = model.to(device=self._anchor.device if device is None else device)
         return self._loaded
 
     def weights_fingerprint(self) -> str | None:
@@ -625,6 +627,9 @@ class FrozenTextEncoder(FrozenEncoder):
             `init_seed` instead of reading its weights (the folder needs its config and tokenizer
             only): the paper's shapes without its 13.5 GB, for benchmarks and smoke runs.
         init_seed: seed of the random weights.
+        random_init_device: where random weights are drawn: `cpu` (the same values on every
+            machine) or `cuda` (seconds instead of minutes for billions of parameters; other
+            values than the CPU's, so it is part of the identity).
     """
 
     def __init__(
@@ -640,6 +645,7 @@ class FrozenTextEncoder(FrozenEncoder):
         trust_remote_code: bool = False,
         random_weights: bool = False,
         init_seed: int = 0,
+        random_init_device: Literal["cpu", "cuda"] = "cpu",
     ) -> None:
         super().__init__()
         self._record_config(
@@ -653,8 +659,12 @@ class FrozenTextEncoder(FrozenEncoder):
             trust_remote_code=trust_remote_code,
             random_weights=random_weights,
             init_seed=init_seed,
+            random_init_device=random_init_device,
         )
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if random_init_device not in ("cpu", "cuda"):
+            raise ValueError(f"random_init_device must be cpu or cuda, got {random_init_device!r}")
 
         path = resolve_model_path(model_name_or_path)
         if Path(path).is_absolute() or path.startswith("."):
@@ -682,6 +692,7 @@ class FrozenTextEncoder(FrozenEncoder):
         self.trust_remote_code = trust_remote_code
         self.random_weights = random_weights
         self.init_seed = init_seed
+        self.random_init_device = random_init_device
         self._model_config = config  # what `_build` makes random weights for
         self.dtype_name = dtype
         self.model_type = config.model_type
@@ -703,7 +714,14 @@ class FrozenTextEncoder(FrozenEncoder):
         from transformers import AutoModel
 
         if self.random_weights:
-            with torch.random.fork_rng(devices=[]):
+            device = torch.device(self.random_init_device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise RuntimeError(
+                    "FrozenTextEncoder: random_init_device=cuda but no CUDA device is visible; "
+                    "use random_init_device=cpu (other random values: rebuild caches made on cuda)"
+                )
+            rng_devices = [torch.cuda.current_device()] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=rng_devices), device:
                 torch.manual_seed(self.init_seed)
                 return AutoModel.from_config(
                     self._model_config,
@@ -748,6 +766,8 @@ class FrozenTextEncoder(FrozenEncoder):
         }
         if self.random_weights:  # absent otherwise: earlier caches and checkpoints still match
             identity.update(random_weights=True, init_seed=self.init_seed)
+            if self.random_init_device != "cpu":  # absent at cpu, as before the option
+                identity["random_init_device"] = self.random_init_device
         return identity
 
     def tokenize(self, texts: list[str], device: torch.device) -> dict[str, Tensor]:

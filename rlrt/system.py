@@ -332,9 +332,10 @@ class RLRT(LightningModule):
         manifest = getattr(datamodule, "feature_cache_manifest", None)
         if manifest is not None:
             self.adopt_cache_encoders(manifest, Path(str(datamodule.feature_cache)))
-        else:
-            self.image_encoder.load()
-            self.text_encoder.load()
+        else:  # straight onto the trainer's device (Lightning moves the module after setup)
+            device = self.trainer.strategy.root_device if self._trainer else None
+            self.image_encoder.load(device)
+            self.text_encoder.load(device)
 
     # ---------------------------------------------------------------- steps
     def task_loss(self, logits: Tensor, label: Tensor) -> Tensor:

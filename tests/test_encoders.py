@@ -328,3 +328,28 @@ def test_the_weights_fingerprint_is_read_once(tiny_llama_dir, monkeypatch):
     adopted.load()  # compared with the files here, once
     adopted.identity()
     assert len(reads) == 2
+
+
+def test_random_weights_drawn_on_cuda_are_another_identity(tiny_llama_dir):
+    """`random_init_device=cuda` draws other values than the CPU: the identity says so (and is
+    unchanged at the default), and asking for it without a GPU is one clear error at load."""
+    args = {"model_name_or_path": str(tiny_llama_dir), "layers": 2, "random_weights": True}
+    on_cpu = FrozenTextEncoder(**args)
+    on_cuda = FrozenTextEncoder(**args, random_init_device="cuda")
+    assert "random_init_device" not in on_cpu.identity_fields()
+    assert on_cuda.identity_fields()["random_init_device"] == "cuda"
+    with pytest.raises(ValueError, match="random_init_device must be cpu or cuda"):
+        FrozenTextEncoder(**args, random_init_device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device is visible"):
+            on_cuda.load()
+
+
+def test_load_puts_the_weights_on_the_device_asked(tiny_llama_dir):
+    """`load(device)` builds the model and puts it there at once (a model's setup passes the
+    trainer's device), whatever device the encoder's own buffers are on."""
+    encoder = FrozenTextEncoder(model_name_or_path=str(tiny_llama_dir), layers=2)
+    model = encoder.load(torch.device("meta"))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert encoder._anchor.device.type == "cpu"
+    assert encoder.load() is model  # built once
