@@ -770,25 +770,32 @@ class FrozenTextEncoder(FrozenEncoder):
                 identity["random_init_device"] = self.random_init_device
         return identity
 
+    @property
+    def text_tokenizer(self) -> TextTokenizer:
+        """This encoder's tokenisation alone (the tokenizer and `max_length`, not the model): a
+        small picklable object for DataLoader workers, whose output `encode_tokens` takes."""
+        return TextTokenizer(self.tokenizer, self.max_length)
+
     def tokenize(self, texts: list[str], device: torch.device) -> dict[str, Tensor]:
-        batch = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        if batch["input_ids"].shape[1] == 0:
-            # Every text empty and no special tokens: give the model one masked pad position.
-            size = batch["input_ids"].shape[0]
-            batch["input_ids"] = torch.full((size, 1), self.tokenizer.pad_token_id)
-            batch["attention_mask"] = torch.zeros(size, 1, dtype=torch.long)
-            batch.pop("token_type_ids", None)
-        return {k: v.to(device) for k, v in batch.items()}
+        """`text_tokenizer(texts)`, its tensors moved to `device`."""
+        return {k: v.to(device) for k, v in self.text_tokenizer(texts).items()}
 
     @torch.no_grad()
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
-        """Encode a batch of texts (missing texts should already be the empty string).
+        """Encode a batch of texts (missing texts should already be the empty string): their
+        `tokenize` (here, in the calling process) then `encode_tokens`.
+
+        Returns:
+            tokens `(L_s, B, N_t, D_t)`, mask `(B, N_t)`, embedding `(B, E_t)`; float32.
+        """
+        device = next(self.model.parameters()).device
+        return self.encode_tokens(self.tokenize(texts, device))
+
+    @torch.no_grad()
+    def encode_tokens(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Encode a tokenised batch, as `text_tokenizer` gives it (`input_ids`,
+        `attention_mask`, ... `(B, T)`, on any device: moved to the model's here). The cache
+        build tokenises in its DataLoader workers and calls this in the main process.
 
         `tokens[l]` is the raw output of block `layer_indices[l]` (the residual stream after it,
         captured by a forward hook), pooled by `pool_text_tokens`, for every architecture. Not
@@ -802,7 +809,7 @@ class FrozenTextEncoder(FrozenEncoder):
             tokens `(L_s, B, N_t, D_t)`, mask `(B, N_t)`, embedding `(B, E_t)`; float32.
         """
         device = next(self.model.parameters()).device
-        inputs = self.tokenize(texts, device)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
         mask = inputs["attention_mask"].bool()  # (B, T)
         blocks = self.model.get_submodule(self._blocks_path)
         captured: dict[int, Tensor] = {}
@@ -835,6 +842,33 @@ class FrozenTextEncoder(FrozenEncoder):
         else:
             embedding = masked_mean(last, mask)
         return tokens, pooled[0][1], embedding
+
+
+class TextTokenizer:
+    """A `transformers` tokenizer with the truncation of a `FrozenTextEncoder`: texts -> the
+    CPU tensors (`input_ids`, `attention_mask`, ... `(B, T)`, padded to the longest) that
+    `FrozenTextEncoder.encode_tokens` takes. Holds no model, so it pickles small and runs in
+    DataLoader workers (the cache build's collate)."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, Tensor]:
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        if batch["input_ids"].shape[1] == 0:
+            # Every text empty and no special tokens: give the model one masked pad position.
+            size = batch["input_ids"].shape[0]
+            batch["input_ids"] = torch.full((size, 1), self.tokenizer.pad_token_id)
+            batch["attention_mask"] = torch.zeros(size, 1, dtype=torch.long)
+            batch.pop("token_type_ids", None)
+        return dict(batch)
 
 
 @contextlib.contextmanager
