@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .fakes.demo import ensure_demo_dataset
+from .fakes.demo import check_sizes, ensure_demo_dataset
 from .mmimdb import MMIMDBDataModule
 
 
@@ -16,18 +16,35 @@ class DemoMMIMDBDataModule(MMIMDBDataModule):
     Args:
         num_movies: movies to generate when `root` holds no dataset yet.
         demo_seed: seed of the generator (the training shuffle uses `seed`).
+        poster_size: generated posters' (width, height) in px (`image_size` is the model's crop).
+        plot_words: generated plots' (min, max) filler words; about (110, 140) fill 128 tokens.
         **kwargs: the `MMIMDBDataModule` arguments (root, text_unit, image_size, ...).
     """
 
     source = "data_modules.fakes.demo.write_demo_dataset() (generated on prepare_data/setup)"
 
-    def __init__(self, *, num_movies: int = 1500, demo_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        num_movies: int = 1500,
+        demo_seed: int = 0,
+        poster_size: tuple[int, int] = (96, 144),
+        plot_words: tuple[int, int] = (12, 24),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.num_movies = num_movies
         self.demo_seed = demo_seed
+        self.poster_size, self.plot_words = check_sizes(poster_size, plot_words)
 
     def prepare_data(self) -> None:
-        ensure_demo_dataset(self.root, num_movies=self.num_movies, seed=self.demo_seed)
+        ensure_demo_dataset(
+            self.root,
+            num_movies=self.num_movies,
+            seed=self.demo_seed,
+            image_size=self.poster_size,
+            plot_words=self.plot_words,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         # Also here so that setup() alone works outside a Trainer; cheap when already written.

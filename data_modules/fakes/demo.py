@@ -6,16 +6,18 @@ Each modality alone carries only part of the label information, so fusing them s
 - `TEXT_ONLY` genres have plot keywords and nothing on the poster,
 - `BOTH` genres have both.
 
-Posters (default 96x144 px, JPEG): a noisy dark-grey background, 1-3 neutral-grey distractor
-shapes, and for each image-visible genre of the movie one element with a unique colour, a unique
-cell of a 4x4 grid and a shape (circle, square, triangle, stripes). The grid covers the central
-square of the poster, the part a resize-shorter-side + centre-crop keeps; each cell is 1/16 of it,
-big enough to survive the random features of an untrained, frozen ViT. An element is omitted
-with probability 0.1.
+Posters (`image_size = (W, H)` px, default 96x144; JPEG): a noisy dark-grey background, 1-3
+neutral-grey distractor shapes, and for each image-visible genre of the movie one element with a
+unique colour, a unique cell of a 4x4 grid and a shape (circle, square, triangle, stripes). The
+grid covers the central square of the poster, the part a resize-shorter-side + centre-crop keeps;
+each cell is 1/16 of it, big enough to survive the random features of an untrained, frozen ViT.
+An element is omitted with probability 0.1.
 
-Plots: 12-24 filler words from a label-independent vocabulary plus, per text-visible genre, 1-3
-of its five English keywords (each omitted with probability 0.15); 5% of plots get one decoy
-keyword of a genre the movie does not have. A quarter of the movies have a second plot.
+Plots: `plot_words = (min, max)` filler words (default 12-24; about 110-140 fill 128 tokens) from
+a label-independent vocabulary plus, per text-visible genre, 1-3 of its five English keywords
+(each omitted with probability 0.15); 5% of plots get one decoy keyword of a genre the movie does
+not have. A quarter of the movies have a second plot. The two sizes change only poster pixels
+and plot lengths: genres, split and which genres are shown are the same for the same `seed`.
 
 Genres: 1-4 per movie; the first cycles through a shuffled list of all 23 (so every genre
 occurs, about `num_movies / 23` times as first genre), the others follow MM-IMDB-like frequencies
@@ -44,6 +46,10 @@ from ..mmimdb import MMIMDB_GENRES
 
 GENERATOR_VERSION = 1
 META_FILE = "demo_meta.json"
+DEFAULT_IMAGE_SIZE = (96, 144)  # (W, H)
+DEFAULT_PLOT_WORDS = (12, 24)  # inclusive (min, max) filler words per plot
+MIN_SIDE, MAX_SIDE = 8, 4096  # poster side bounds, px
+MAX_PLOT_WORDS = 10_000
 
 IMAGE_ONLY = ("Horror", "Sci-Fi", "Fantasy", "Animation", "Western", "War", "Sport", "Film-Noir")
 TEXT_ONLY = (
@@ -148,6 +154,8 @@ FILLER = (
     "market",
     "station",
 )
+FILLER_SET = frozenset(FILLER)
+assert not FILLER_SET & {w for ws in KEYWORDS.values() for w in ws}  # keywords stay findable
 SHAPES = ("circle", "square", "triangle", "stripes")
 GRID = 4
 # Rough MM-IMDB genre counts, the weights of a movie's extra genres.
@@ -222,9 +230,49 @@ def _draw_genres(rng: random.Random, order: list[str]) -> list[str]:
     return genres
 
 
-def _plot(rng: random.Random, genres: list[str]) -> tuple[str, list[str], list[str]]:
-    """One plot; returns (text, genres whose keywords it holds, decoy genres)."""
-    words = [rng.choice(FILLER) for _ in range(rng.randint(12, 24))]
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of integers, got {value!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)):
+        raise ValueError(f"{name} must be a pair of integers, got {value!r}")
+    return a, b
+
+
+def check_sizes(
+    image_size: Any = DEFAULT_IMAGE_SIZE, plot_words: Any = DEFAULT_PLOT_WORDS
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`(image_size, plot_words)` as int pairs; a ValueError of one line when out of bounds."""
+    w, h = _pair(image_size, "image_size")
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+        raise ValueError(
+            f"image_size must be (W, H) with each side in {MIN_SIDE}..{MAX_SIDE} px, "
+            f"got {tuple(image_size)}"
+        )
+    lo, hi = _pair(plot_words, "plot_words")
+    if not 1 <= lo <= hi <= MAX_PLOT_WORDS:
+        raise ValueError(
+            f"plot_words must be (min, max) with 1 <= min <= max <= {MAX_PLOT_WORDS}, "
+            f"got {tuple(plot_words)}"
+        )
+    return (w, h), (lo, hi)
+
+
+def _plot(
+    rng: random.Random,
+    genres: list[str],
+    prng: random.Random | None = None,
+    plot_words: tuple[int, int] = DEFAULT_PLOT_WORDS,
+) -> tuple[str, list[str], list[str]]:
+    """One plot; returns (text, genres whose keywords it holds, decoy genres).
+
+    `rng` always draws a plot of `DEFAULT_PLOT_WORDS` filler words (the same draws whatever the
+    sizes, so that later movies do not change); with `prng`, its filler words are then replaced
+    by `plot_words = (min, max)` ones drawn from `prng` and its keywords re-inserted at `prng`
+    positions.
+    """
+    words = [rng.choice(FILLER) for _ in range(rng.randint(*DEFAULT_PLOT_WORDS))]
     shown, decoys = [], []
     for genre in genres:
         if genre not in KEYWORDS:
@@ -238,6 +286,11 @@ def _plot(rng: random.Random, genres: list[str]) -> tuple[str, list[str], list[s
         decoy = rng.choice([g for g in TEXT_VISIBLE if g not in genres])
         decoys.append(decoy)
         words.insert(rng.randrange(len(words) + 1), rng.choice(KEYWORDS[decoy]))
+    if prng is not None:
+        keywords = [w for w in words if w not in FILLER_SET]
+        words = [prng.choice(FILLER) for _ in range(prng.randint(*plot_words))]
+        for word in keywords:
+            words.insert(prng.randrange(len(words) + 1), word)
     text = " ".join(words)
     return text[0].upper() + text[1:] + ".", shown, decoys
 
@@ -294,20 +347,26 @@ def write_demo_dataset(
     *,
     num_movies: int = 1500,
     seed: int = 0,
-    image_size: tuple[int, int] = (96, 144),
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    plot_words: tuple[int, int] = DEFAULT_PLOT_WORDS,
 ) -> dict[str, Any]:
     """Write a synthetic MM-IMDB under `root` (must not exist or be empty); returns its metadata.
 
     Layout: `split.json` (train/dev/test ~ 70/10/20), `dataset/<7-digit id>.json` (`plot`,
-    `genres`, `title`, `year`, `director`), `dataset/<id>.jpeg` posters of `image_size = (W, H)`,
-    and `demo_meta.json`. Deterministic in `seed`. Written to a temporary sibling folder and
-    renamed into place, so a half-written dataset never appears at `root`.
+    `genres`, `title`, `year`, `director`), `dataset/<id>.jpeg` posters of `image_size = (W, H)`
+    px, and `demo_meta.json`. Each plot has `plot_words = (min, max)` filler words (inclusive)
+    plus its keywords. Deterministic in `seed`; the sizes change only poster pixels and plot
+    lengths, not genres or split. Written to a temporary sibling folder and renamed into place,
+    so a half-written dataset never appears at `root`.
     """
     root = Path(root)
     if num_movies < 3:
         raise ValueError(f"num_movies must be >= 3 (one per split), got {num_movies}")
+    image_size, plot_words = check_sizes(image_size, plot_words)
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
+    # Plots of other lengths: filler from a stream of their own, `rng`'s draws stay the same.
+    prng = None if plot_words == DEFAULT_PLOT_WORDS else random.Random(f"demo-plots-{seed}")
     spec = _element_spec()
     ids = [f"{i:07d}" for i in rng.sample(range(100_000, 5_000_000), num_movies)]
     order: list[str] = []
@@ -324,7 +383,7 @@ def write_demo_dataset(
             genres = _draw_genres(rng, order)
             plots, shown, decoys = [], [], []
             for _ in range(2 if rng.random() < 0.25 else 1):
-                text, s, d = _plot(rng, genres)
+                text, s, d = _plot(rng, genres, prng, plot_words)
                 plots.append(text)
                 shown.append(s)
                 decoys.append(d)
@@ -358,6 +417,7 @@ def write_demo_dataset(
             "num_movies": num_movies,
             "seed": seed,
             "image_size": list(image_size),
+            "plot_words": list(plot_words),
             "groups": {
                 "image_only": list(IMAGE_ONLY),
                 "text_only": list(TEXT_ONLY),
@@ -375,14 +435,33 @@ def write_demo_dataset(
     return meta
 
 
-def ensure_demo_dataset(root: str | Path, *, num_movies: int = 1500, seed: int = 0) -> None:
+def _settings(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in values.items())
+
+
+def ensure_demo_dataset(
+    root: str | Path,
+    *,
+    num_movies: int = 1500,
+    seed: int = 0,
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    plot_words: tuple[int, int] = DEFAULT_PLOT_WORDS,
+) -> None:
     """Generate the demo dataset at `root` unless a complete one is there.
 
     A root with `split.json` counts as complete (a real MM-IMDB is used as is); a demo dataset
     generated with other settings is an error, as is a non-empty root without `split.json`.
+    A `demo_meta.json` without `image_size`/`plot_words` (older generator) has the defaults.
     """
     root = Path(root)
-    want = {"generator_version": GENERATOR_VERSION, "num_movies": num_movies, "seed": seed}
+    image_size, plot_words = check_sizes(image_size, plot_words)
+    want = {
+        "generator_version": GENERATOR_VERSION,
+        "num_movies": num_movies,
+        "seed": seed,
+        "image_size": list(image_size),
+        "plot_words": list(plot_words),
+    }
     if not (root / "split.json").is_file():
         if root.is_dir() and any(root.iterdir()):
             raise FileExistsError(
@@ -390,7 +469,9 @@ def ensure_demo_dataset(root: str | Path, *, num_movies: int = 1500, seed: int =
                 f"refusing to write into it, choose an empty or new root"
             )
         try:
-            write_demo_dataset(root, num_movies=num_movies, seed=seed)
+            write_demo_dataset(
+                root, num_movies=num_movies, seed=seed, image_size=image_size, plot_words=plot_words
+            )
             return
         except OSError:
             if not (root / "split.json").is_file():  # not a concurrent writer that won the race
@@ -398,9 +479,10 @@ def ensure_demo_dataset(root: str | Path, *, num_movies: int = 1500, seed: int =
     meta_path = root / META_FILE
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text("utf-8"))
-        have = {k: meta.get(k) for k in want}
+        defaults = {"image_size": list(DEFAULT_IMAGE_SIZE), "plot_words": list(DEFAULT_PLOT_WORDS)}
+        have = {k: meta.get(k, defaults.get(k)) for k in want}
         if have != want:
             raise ValueError(
-                f"demo data: {root} was generated with {have}, not {want}; "
+                f"demo data: {root} was generated with {_settings(have)}, not {_settings(want)}; "
                 f"delete it or choose another root"
             )
