@@ -28,12 +28,11 @@ def write_tiny_vit_config(folder: Path, name: str = "rlrt-tiny-vit") -> Path:
     return path
 
 
-def write_tiny_llama(folder: Path) -> Path:
-    """A 3-layer, 64-wide LLaMA with a word-level tokenizer trained in memory, saved like a hub
-    model (config.json, weights, tokenizer files)."""
-    import torch
+def write_word_tokenizer(folder: Path):
+    """A word-level tokenizer over `WORDS` (unknown words: `<unk>`; one token per word and per
+    punctuation mark), trained in memory and saved into `folder`; returns it."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -44,6 +43,16 @@ def write_tiny_llama(folder: Path) -> Path:
         tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
     fast.save_pretrained(folder)
+    return fast
+
+
+def write_tiny_llama(folder: Path) -> Path:
+    """A 3-layer, 64-wide LLaMA with a word-level tokenizer trained in memory, saved like a hub
+    model (config.json, weights, tokenizer files)."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    fast = write_word_tokenizer(folder)
     config = LlamaConfig(
         vocab_size=fast.vocab_size,
         hidden_size=64,
@@ -55,6 +64,17 @@ def write_tiny_llama(folder: Path) -> Path:
     )
     torch.manual_seed(0)
     LlamaModel(config).save_pretrained(folder)
+    return folder
+
+
+def write_llama_config(folder: Path, shape: dict) -> Path:
+    """A LLaMA of `shape` (`LlamaConfig` fields) without weights: its config.json and the
+    word-level tokenizer, for `FrozenTextEncoder(random_weights=True)` (the paper's shapes
+    without 13.5 GB of files; token ids stay far below any real vocabulary size)."""
+    from transformers import LlamaConfig
+
+    write_word_tokenizer(folder)
+    LlamaConfig(**shape).save_pretrained(folder)
     return folder
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlrt.commands.bench import EpochTimer, fill_random_rows, run_bench, to_markdown
+from rlrt.commands.bench import run_bench, to_markdown
+from rlrt.commands.bench_timing import EpochTimer, fill_random_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 ISSUE_KEYS = {

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -42,56 +39,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning import Callback
 
-from rlrt.cache.content import cache_identity
-from rlrt.cache.format import Shapes, SplitCacheWriter
-from rlrt.cache.sources import split_sources
+from rlrt.commands.bench_paper import measure_paper, paper_markdown, require_gpu
+from rlrt.commands.bench_timing import (
+    fill_random_cache,
+    fit_once,
+    machine,
+    peak_rss_mb,
+    say,
+)
 from rlrt.commands.cache import run_cache
 from rlrt.engine.files import atomic_write_json, atomic_write_text
-from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.reports.tables import markdown_table
 from rlrt.tiny_encoders import tiny_encoder_args, write_tiny_llama, write_tiny_vit_config
 
 SCALING_SIZES = (1000, 4000, 16000)
 CACHED_EPOCHS = 6  # the first warms the page cache; the median of the others is reported
-
-
-class EpochTimer(Callback):
-    """Wall time of each training epoch, and per epoch the time spent between steps (`waits`:
-    fetching the next batch plus the loop's bookkeeping) and inside them (`steps`)."""
-
-    def __init__(self) -> None:
-        self.epochs: list[float] = []
-        self.waits: list[float] = []
-        self.steps: list[float] = []
-        self._mark = 0.0
-        self.first_batch_at: float | None = None  # perf_counter() at the first training batch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start = self._mark = time.perf_counter()
-        self.waits.append(0.0)
-        self.steps.append(0.0)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self.first_batch_at is None:
-            self.first_batch_at = now
-        self.waits[-1] += now - self._mark
-        self._mark = now
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        self.steps[-1] += now - self._mark
-        self._mark = now
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.epochs.append(time.perf_counter() - self._epoch_start)
-
-    def wait_fraction(self, skip: int = 1) -> float:
-        """Share of step time spent waiting, over the epochs after the first `skip`."""
-        wait, step = sum(self.waits[skip:]), sum(self.steps[skip:])
-        return wait / (wait + step)
 
 
 def encoder_args(size: str, scratch: Path) -> list[str]:
@@ -125,7 +88,7 @@ def common_args(configs: Path, root: Path, movies: int, train_samples: int) -> l
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         "--trainer.limit_val_batches=0",
-        "--trainer.callbacks=rlrt.commands.bench.EpochTimer",
+        "--trainer.callbacks=rlrt.commands.bench_timing.EpochTimer",
     ]
 
 
@@ -147,81 +110,6 @@ def bare_encoder_rate(model, dataset, batch_size: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return len(items) / (time.perf_counter() - start)
-
-
-def fit_once(args: list[str], epochs: int = 1):
-    """Run `rlrt fit`; the CLI, its `EpochTimer`, and the seconds from the command's start
-    (config parsed, model and data built, encoders loaded if needed) to its first batch."""
-    start = time.perf_counter()
-    cli = RLRTCLI(args=["fit", *args, f"--trainer.max_epochs={epochs}"], save_config_callback=None)
-    timer = next(c for c in cli.trainer.callbacks if isinstance(c, EpochTimer))
-    return cli, timer, timer.first_batch_at - start
-
-
-def fill_random_rows(array: np.ndarray, rng: np.random.Generator, chunk_mb: int = 64) -> None:
-    """Standard-normal values into a (memory-mapped) array, a few MB at a time, so filling a
-    cache of many GB never holds more than one chunk in memory."""
-    row_bytes = max(int(np.prod(array.shape[1:])) * 4, 1)  # drawn as float32
-    rows = max(1, chunk_mb * 2**20 // row_bytes)
-    for first in range(0, array.shape[0], rows):
-        block = array[first : first + rows]
-        block[...] = rng.standard_normal(block.shape, dtype=np.float32)
-
-
-def fill_random_cache(cache: Path, source: Path, root_args: list[str]) -> None:
-    """A cache of `root_args`' train and val splits, random features shaped like `source`'s."""
-
-    manifest = json.loads((source / "train" / "manifest.json").read_text())
-
-    def shape(name: str) -> tuple[int, ...]:
-        return np.load(source / "train" / f"{name}.npy", mmap_mode="r").shape
-
-    tokens_i, tokens_t = shape("image_tokens"), shape("text_tokens")
-    shapes = Shapes(
-        tokens_i[1],
-        tokens_i[2],
-        tokens_i[3],
-        shape("image_embedding")[1],
-        tokens_t[2],
-        tokens_t[3],
-        shape("text_embedding")[1],
-    )
-    cli = RLRTCLI(args=root_args, run=False, save_config_callback=None)
-    data = cli.datamodule
-    data.prepare_data()
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        sources = split_sources(data, split)
-        build = {
-            **{k: manifest[k] for k in ("format_version", "dtype", "encoders")},
-            **cache_identity(data, split),
-            "content_sha256": sources.content_sha256,
-            "root": str(data.root),
-            "benchmark": "random",
-        }
-        folder = cache / split
-        SplitCacheWriter.create(
-            folder,
-            build=build,
-            ids=sources.ids,
-            sample_image_row=sources.sample_image_row,
-            num_images=len(sources.image_paths),
-            shapes=shapes,
-            image_stats=sources.image_stats,
-        )
-        writer = SplitCacheWriter(folder).open()
-        for name, array in writer.arrays.items():
-            if name.endswith("done") or name == "text_mask":
-                array[:] = True
-            else:
-                fill_random_rows(array, rng)
-        writer.finalize({**build, "complete": True})
-    os.symlink((source / "dummy").resolve(), cache / "dummy")
-
-
-def say(message: str) -> None:
-    """A progress line; the parent process shows these while a size is measured."""
-    print(f"rlrt bench: {message}", flush=True)
 
 
 def measure(
@@ -297,22 +185,6 @@ def _measure(
     return out
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def machine() -> dict[str, Any]:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    return info
-
-
 def to_markdown(results: dict[str, Any]) -> str:
     rows = [
         ("encoder forward (samples/s)", "encoder_samples_per_s", "{:.1f}"),
@@ -368,6 +240,7 @@ def measure_in_child(size: str, args: argparse.Namespace) -> dict[str, Any]:
         f"--samples={args.samples}",
         f"--scaling={args.scaling}",
         f"--configs={args.configs}",
+        *(["--rehearse"] if args.rehearse else []),
     ]
     result = None
     with tempfile.TemporaryFile(mode="w+") as errors:
@@ -387,7 +260,18 @@ def run_bench(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         prog="rlrt bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", default="tiny,base")
+    parser.add_argument(
+        "--sizes",
+        default="tiny,base",
+        help="comma-separated: tiny, base (CPU or GPU; results/bench.*) and paper (the paper's "
+        "encoders, GPU only; results/bench_gpu.*)",
+    )
+    parser.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="paper size: run every stage with tiny shapes on any device "
+        "(results/bench_gpu_rehearsal.*), to check the code path before spending GPU time",
+    )
     parser.add_argument("--samples", type=int, default=512, help="training samples per size")
     parser.add_argument(
         "--scaling",
@@ -398,18 +282,37 @@ def run_bench(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--output", default="results")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args(argv)
-    if args.one:
+    sizes = args.sizes.split(",")
+    unknown = sorted(set(sizes) - {"tiny", "base", "paper"})
+    if unknown:
+        raise ValueError(f"rlrt bench: unknown size {unknown[0]!r}; choose from tiny, base, paper")
+    if args.one == "paper":
+        result = measure_paper(Path(args.configs), args.rehearse)
+    elif args.one:
         scaling = tuple(int(n) for n in args.scaling.split(","))
         result = measure(args.one, Path(args.configs), args.samples, scaling)
+    if args.one:
         print("RLRT_BENCH_RESULT " + json.dumps(result))
         return result
+    if "paper" in sizes:
+        require_gpu(args.rehearse)  # before any other size spends its minutes
+    output = Path(args.output)
     results: dict[str, Any] = {"machine": machine(), "sizes": {}}
-    for size in args.sizes.split(","):
+    for size in (s for s in sizes if s != "paper"):
         say(f"measuring {size} ...")
         results["sizes"][size] = measure_in_child(size, args)
-    output = Path(args.output)
-    atomic_write_json(output / "bench.json", results)
-    markdown = to_markdown(results)
-    atomic_write_text(output / "bench.md", markdown)
-    print(markdown)
+    if results["sizes"]:
+        atomic_write_json(output / "bench.json", results)
+        markdown = to_markdown(results)
+        atomic_write_text(output / "bench.md", markdown)
+        print(markdown)
+    if "paper" in sizes:
+        say("measuring paper ..." + (" (rehearsal: tiny shapes)" if args.rehearse else ""))
+        paper = {"machine": machine(), "paper": measure_in_child("paper", args)}
+        name = "bench_gpu_rehearsal" if args.rehearse else "bench_gpu"
+        atomic_write_json(output / f"{name}.json", paper)
+        markdown = paper_markdown(paper)
+        atomic_write_text(output / f"{name}.md", markdown)
+        print(markdown)
+        results["paper"] = paper["paper"]
     return results

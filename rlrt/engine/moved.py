@@ -16,7 +16,7 @@ MOVED_IN_0_2 = {
     "rlrt.loggers.WandbLogger": "rlrt.engine.loggers.WandbLogger",
     "rlrt.resume.ExactResume": "rlrt.engine.resume.ExactResume",
     "rlrt.resume.SaveOnTerminate": "rlrt.engine.resume.SaveOnTerminate",
-    "rlrt.bench.EpochTimer": "rlrt.commands.bench.EpochTimer",
+    "rlrt.bench.EpochTimer": "rlrt.commands.bench_timing.EpochTimer",
 }
 
 

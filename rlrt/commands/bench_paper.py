@@ -1,0 +1,476 @@
+"""`rlrt bench --sizes paper`: the paper's encoder shapes on one GPU, through the project's own
+commands, on generated data (results/bench_gpu.json and .md).
+
+The encoders are `configs/model/rlrt.yaml`'s with random weights: an open_clip ViT-L-14
+(`pretrained: null`) and a LLaMA-2-7B-shaped model (6.6B parameters, bfloat16, drawn on the GPU;
+`LLAMA_2_7B_SHAPE`). The data: 2,000 demo movies in MM-IMDB's layout, 300x450 posters, plots of
+128-160 words cut at 128 tokens. Stages, each with its samples/s and peak GPU memory:
+
+- `bare_forward`: both encoders over every split's samples, decoded into memory beforehand; the
+  floating-point operations per sample (PyTorch's `FlopCounterMode`), the TFLOP/s achieved and
+  their share of `matmul_peak_tflops` (a large bfloat16 matmul timed on the same GPU);
+- `cache_build`: `rlrt cache` of all splits in one command (target: >= 0.9x the bare rate);
+- `train_online`: one training epoch with the encoders run on every batch;
+- `fit_cached`: a fit from that cache: seconds from the command's start to its first batch,
+  whether it read the frozen weights (it must not), one epoch's samples/s;
+- `train_cached`: epochs from a cache of `cached_samples` rows of random features of the same
+  shapes at a batch large enough for the CCA: samples/s (target: >= 20,000) and the share of the
+  epoch spent between steps (target: < 10%);
+- `cca_linalg_ms`: the float64 canonical correlations of the loss (Cholesky whitening, triangular
+  solves, singular values; forward and backward) at the model's `(L_s, d_c, d_c)`, on the CPU and
+  on the GPU;
+- `cache_bytes_per_sample` and the host's peak resident memory.
+
+Without a GPU the size is refused in one line; `--rehearse` runs every stage with tiny shapes on
+whatever device there is (a check of the code path before spending GPU time, not a measurement).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlrt.commands.bench_timing import fill_random_cache, fit_once, peak_rss_mb, say
+from rlrt.commands.cache import run_cache
+from rlrt.engine.lightning_cli import RLRTCLI
+from rlrt.losses import correlations_from_covariances
+from rlrt.reports.tables import markdown_table
+from rlrt.tiny_encoders import write_llama_config, write_tiny_llama, write_tiny_vit_config
+
+# LLaMA-2-7B's published architecture (its config.json), the text encoder of the paper.
+LLAMA_2_7B_SHAPE = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+}
+BUILD_TARGET = 0.9  # cache build rate / bare forward rate
+CACHED_RATE_TARGET = 20_000.0  # training samples/s from the cache
+DATA_WAIT_TARGET = 0.10  # share of a cached epoch spent between steps
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The sizes of one run of this benchmark."""
+
+    movies: int  # demo movies (70/10/20 train/val/test)
+    poster_size: tuple[int, int]  # (W, H) pixels
+    plot_words: tuple[int, int]  # filler words per plot, inclusive range
+    train_batch: int  # online training and the first cached fit
+    eval_batch: int  # bare forward and cache build
+    cached_batch: int  # training from the large random cache
+    cached_samples: int  # rows of that cache
+    cached_epochs: int  # epochs over it (the first is not counted)
+
+
+# Plots of 128-160 words are 130-170 word-level tokens: every one is cut at 128, as in the paper.
+PAPER = Scale(2000, (300, 450), (128, 160), 64, 256, 1024, 8192, 5)
+REHEARSAL = Scale(40, (30, 45), (20, 30), 8, 16, 32, 256, 3)
+
+
+class NoGPUError(ValueError):
+    """The paper size needs a CUDA device (a user error: one line, exit status 2)."""
+
+
+def paper_args(configs: Path, root: Path, scratch: Path, scale: Scale, rehearse: bool) -> list[str]:
+    """CLI arguments of `configs/model/rlrt.yaml` with random weights, on `root`'s demo data."""
+    cuda = torch.cuda.is_available()
+    args = [
+        "--config",
+        str(configs / "trainer" / "default.yaml"),
+        "--config",
+        str(configs / "data" / "demo.yaml"),
+        "--config",
+        str(configs / "model" / "rlrt.yaml"),
+        f"--data.init_args.root={root}",
+        f"--data.init_args.num_movies={scale.movies}",
+        f"--data.init_args.poster_size=[{scale.poster_size[0]},{scale.poster_size[1]}]",
+        f"--data.init_args.plot_words=[{scale.plot_words[0]},{scale.plot_words[1]}]",
+        f"--data.init_args.batch_size={scale.train_batch}",
+        f"--data.init_args.eval_batch_size={scale.eval_batch}",
+        "--data.init_args.num_workers=4" if cuda else "--data.init_args.num_workers=1",
+        "--model.image_encoder.init_args.pretrained=null",
+        "--model.text_encoder.init_args.random_weights=true",
+        f"--model.text_encoder.init_args.random_init_device={'cuda' if cuda else 'cpu'}",
+        "--trainer.accelerator=auto",
+        f"--trainer.precision={'bf16-mixed' if cuda else '32-true'}",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.limit_val_batches=0",
+        "--trainer.callbacks=rlrt.commands.bench_timing.EpochTimer",
+    ]
+    if rehearse:  # tiny towers of the same kinds, and a common width the tiny data can fit
+        vit = write_tiny_vit_config(scratch)
+        llama = write_tiny_llama(scratch / "tiny-llama")
+        return [
+            *args,
+            f"--model.image_encoder.init_args.config_file={vit}",
+            f"--model.image_encoder.init_args.model_name={vit.stem}",
+            "--model.image_encoder.init_args.image_size=32",
+            "--model.image_encoder.init_args.layers=2",
+            "--model.image_encoder.init_args.token_grid=2",
+            f"--model.text_encoder.init_args.model_name_or_path={llama}",
+            "--model.text_encoder.init_args.layers=2",
+            "--model.text_encoder.init_args.dtype=float32",
+            "--model.common_dim=8",
+            "--model.fusion_dim=16",
+            "--model.hidden_dim=16",
+            "--model.cca_window=128",
+        ]
+    llama = write_llama_config(scratch / "llama-2-7b-shape", LLAMA_2_7B_SHAPE)
+    return [*args, f"--model.text_encoder.init_args.model_name_or_path={llama}"]
+
+
+def device_of_run() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def gpu_peak(out: dict[str, Any], key: str):
+    """Record the peak GPU memory (MiB) allocated within, as `out[key]` (None without a GPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    yield
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        out[key] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out[key] = None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak_tflops(device: torch.device, size: int, repeats: int = 20) -> float:
+    """TFLOP/s of a `size`-cubed matmul (bfloat16 on a GPU, float32 on a CPU), best of 3 timings
+    of `repeats` products: the ceiling the encoders' achieved rate is compared with."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up (kernel selection)
+    best = float("inf")
+    for _ in range(3):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 * repeats / best / 1e12
+
+
+def counted_flops(run) -> int:
+    """Floating-point operations of `run()` as PyTorch's `FlopCounterMode` counts them (matrix
+    products and attention: the bulk of a transformer's work)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return int(counter.get_total_flops())
+
+
+def bare_forward(model, items: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:
+    """Both encoders over `items` (decoded samples), batch by batch, nothing else: samples/s,
+    FLOPs per sample (counted on the first batch, which is also the untimed warm-up)."""
+    device = device_of_run()
+    image_encoder, text_encoder = model.image_encoder.to(device), model.text_encoder.to(device)
+    batches = [
+        (torch.stack([i["image"] for i in chunk]), [i["text"] for i in chunk])
+        for chunk in (items[k : k + batch_size] for k in range(0, len(items), batch_size))
+    ]
+    images, texts = batches[0]
+    flops = counted_flops(lambda: (image_encoder(images.to(device)), text_encoder(texts)))
+    synchronize(device)
+    start = time.perf_counter()
+    for images, texts in batches:
+        image_encoder(images.to(device))
+        text_encoder(texts)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {
+        "samples": len(items),
+        "seconds": seconds,
+        "samples_per_s": len(items) / seconds,
+        "flops_per_sample": flops / len(batches[0][1]),
+    }
+
+
+def cca_linalg_ms(layers: int, dim: int, device: torch.device, repeats: int = 10) -> float:
+    """Milliseconds of the loss's float64 canonical correlations (forward and backward) for
+    `layers` pairs of `(dim, dim)` covariances on `device`: median of `repeats`."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(layers, 4 * dim, dim, generator=generator, dtype=torch.float64)
+    y = x + torch.randn(layers, 4 * dim, dim, generator=generator, dtype=torch.float64)
+    s_xx, s_yy, s_xy = (a.mT @ b / (4 * dim) for a, b in ((x, x), (y, y), (x, y)))
+    s_xx, s_yy, s_xy = (s.to(device).requires_grad_() for s in (s_xx, s_yy, s_xy))
+    times = []
+    for _ in range(repeats + 1):  # the first warms up (solver set-up, allocations)
+        synchronize(device)
+        start = time.perf_counter()
+        correlations_from_covariances(s_xx, s_yy, s_xy, 1e-3).sum().backward()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times[1:]))
+
+
+def release_memory() -> None:
+    """Free what the stage before left (its models sit in reference cycles of Lightning's
+    objects), so each stage's GPU peak is its own."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def require_gpu(rehearse: bool) -> None:
+    """Refuse the paper size, in one line, where no GPU is visible (unless rehearsing)."""
+    if not rehearse and not torch.cuda.is_available():
+        raise NoGPUError(
+            "rlrt bench --sizes paper needs a CUDA GPU and none is visible here; run it on a GPU "
+            "machine, or add --rehearse to run its stages with tiny shapes on this one"
+        )
+
+
+def measure_paper(configs: Path, rehearse: bool) -> dict[str, Any]:
+    """Every figure of the paper size (or its rehearsal); the scratch folder is removed."""
+    require_gpu(rehearse)
+    scratch = Path(tempfile.mkdtemp(prefix="rlrt-bench-paper-"))
+    try:
+        return _measure_paper(configs, REHEARSAL if rehearse else PAPER, rehearse, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _measure_paper(configs: Path, scale: Scale, rehearse: bool, scratch: Path) -> dict[str, Any]:
+    device = device_of_run()
+    out: dict[str, Any] = {"rehearsal": rehearse, "scale": asdict(scale), "device": str(device)}
+    base = paper_args(configs, scratch / "data", scratch, scale, rehearse)
+
+    say(f"paper: {scale.movies} movies of {scale.poster_size[0]}x{scale.poster_size[1]} posters")
+    start = time.perf_counter()
+    cli = RLRTCLI(args=base, run=False, save_config_callback=None)
+    data, model = cli.datamodule, cli.model
+    data.prepare_data()
+    data.setup("fit")
+    data.setup("test")
+    out["data_generation_seconds"] = time.perf_counter() - start
+    items = [
+        dataset[i]
+        for dataset in (data.dataset(s) for s in ("train", "val", "test"))
+        for i in range(len(dataset))
+    ]
+    out["samples"] = len(items)
+    out["encoders"] = {
+        "image": model.image_encoder.model_name,
+        "text": f"{model.text_encoder.model_type}, {model.text_encoder.num_blocks} blocks of "
+        f"{model.text_encoder.width}",
+    }
+    layer_pairs, common_dim = len(model.image_encoder.layer_indices), model.hparams.common_dim
+
+    say("paper: bare forward of both encoders over every split")
+    with gpu_peak(out, "bare_forward_gpu_peak_mib"):
+        start = time.perf_counter()
+        model.image_encoder.to(device).load()
+        model.text_encoder.to(device).load()
+        out["encoders_load_seconds"] = time.perf_counter() - start
+        out["frozen_params"] = sum(
+            p.numel()
+            for encoder in (model.image_encoder, model.text_encoder)
+            for p in encoder.load().parameters()
+        )
+        out["bare_forward"] = bare_forward(model, items, scale.eval_batch)
+    peak = matmul_peak_tflops(device, 8192 if device.type == "cuda" else 512)
+    achieved = out["bare_forward"]["flops_per_sample"] * out["bare_forward"]["samples_per_s"] / 1e12
+    out["matmul_peak_tflops"] = peak
+    out["bare_forward"].update(tflops=achieved, share_of_matmul_peak=achieved / peak)
+    del cli, model, items
+    release_memory()
+
+    say("paper: rlrt cache, every split in one command")
+    cache = scratch / "cache"
+    with gpu_peak(out, "cache_build_gpu_peak_mib"):
+        start = time.perf_counter()
+        report = run_cache([*base, f"--data.init_args.feature_cache={cache}"])
+        command_seconds = time.perf_counter() - start
+    samples, seconds = sum(report.samples.values()), sum(report.seconds.values())
+    out["cache_build"] = {
+        "samples": samples,
+        "seconds": seconds,
+        "command_seconds": command_seconds,
+        "samples_per_s": samples / seconds,
+        "ratio_to_bare_forward": samples / seconds / out["bare_forward"]["samples_per_s"],
+    }
+    out["cache_bytes_per_sample"] = folder_bytes(cache / "train") / report.samples["train"]
+    release_memory()
+
+    say("paper: one online training epoch")
+    with gpu_peak(out, "train_online_gpu_peak_mib"):
+        online, timer, startup = fit_once(base)
+    n_train = len(online.datamodule.dataset("train"))
+    out["train_online"] = {
+        "samples": n_train,
+        "samples_per_s": n_train / timer.epochs[0],
+        "startup_seconds": startup,
+    }
+    out["trainable_params"] = sum(p.numel() for p in online.model.trainable_parameters())
+    del online, timer
+    release_memory()
+
+    say("paper: fit from the cache")
+    cached_args = [*base, f"--data.init_args.feature_cache={cache}"]
+    with gpu_peak(out, "fit_cached_gpu_peak_mib"):
+        cached, timer, startup = fit_once(cached_args)
+    out["fit_cached"] = {
+        "startup_seconds": startup,
+        "loads_weights": cached.model.image_encoder.is_loaded
+        or cached.model.text_encoder.is_loaded,
+        "samples_per_s": n_train / timer.epochs[0],
+        "batch_size": scale.train_batch,
+    }
+    del cached, timer
+
+    n = scale.cached_samples
+    say(f"paper: training from a cache of {n} random rows, batch {scale.cached_batch}")
+    root = scratch / f"data-{n}"
+    scaled_args = [
+        a
+        for a in paper_args(configs, root, scratch, scale, rehearse)
+        if not a.startswith(("--data.init_args.num_movies", "--data.init_args.batch_size"))
+        and not a.startswith(("--data.init_args.poster_size", "--data.init_args.plot_words"))
+    ]
+    scaled_args += [
+        f"--data.init_args.num_movies={int(n / 0.7) + 50}",
+        f"--data.init_args.limit_samples={n}",
+        f"--data.init_args.batch_size={scale.cached_batch}",
+    ]
+    scaled = scratch / f"cache-{n}"
+    start = time.perf_counter()
+    fill_random_cache(scaled, cache, scaled_args)
+    out["random_cache_seconds"] = time.perf_counter() - start
+    with gpu_peak(out, "train_cached_gpu_peak_mib"):
+        _, timer, _ = fit_once(
+            [*scaled_args, f"--data.init_args.feature_cache={scaled}"], epochs=scale.cached_epochs
+        )
+    epoch = float(np.median(timer.epochs[1:]))
+    out["train_cached"] = {
+        "samples": n,
+        "batch_size": scale.cached_batch,
+        "epoch_seconds": epoch,
+        "samples_per_s": n / epoch,
+        "data_wait_fraction": timer.wait_fraction(skip=1),
+    }
+    shutil.rmtree(scaled, ignore_errors=True)
+
+    say("paper: the CCA's float64 linear algebra, CPU and GPU")
+    out["cca_linalg_ms"] = {"cpu": cca_linalg_ms(layer_pairs, common_dim, torch.device("cpu"))}
+    if device.type == "cuda":
+        out["cca_linalg_ms"]["cuda"] = cca_linalg_ms(layer_pairs, common_dim, device)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def verdict(measured: float, target: float, higher_is_better: bool = True) -> str:
+    """`met` or `missed by N%` of the target."""
+    ok = measured >= target if higher_is_better else measured < target
+    if ok:
+        return "met"
+    return f"missed by {abs(measured - target) / target:.0%} of the target"
+
+
+def paper_markdown(results: dict[str, Any]) -> str:
+    """results/bench_gpu.md: a table per stage and the issue's targets, each met or missed."""
+    r = results["paper"]
+
+    def mib(key: str) -> str:
+        return "-" if r.get(key) is None else f"{r[key]:,.0f}"
+
+    bare, build, online = r["bare_forward"], r["cache_build"], r["train_online"]
+    fit, cached = r["fit_cached"], r["train_cached"]
+    rows = [
+        [
+            "bare forward, both encoders",
+            f"{bare['samples_per_s']:,.1f}",
+            mib("bare_forward_gpu_peak_mib"),
+            f"{bare['tflops']:.1f} TFLOP/s = {bare['share_of_matmul_peak']:.0%} of the matmul peak",
+        ],
+        [
+            "rlrt cache, all splits",
+            f"{build['samples_per_s']:,.1f}",
+            mib("cache_build_gpu_peak_mib"),
+            f"{build['ratio_to_bare_forward']:.2f}x the bare forward; "
+            f"command {build['command_seconds']:.1f} s",
+        ],
+        [
+            "one online training epoch",
+            f"{online['samples_per_s']:,.1f}",
+            mib("train_online_gpu_peak_mib"),
+            f"start-up {online['startup_seconds']:.1f} s",
+        ],
+        [
+            f"fit from the cache, batch {fit['batch_size']}",
+            f"{fit['samples_per_s']:,.1f}",
+            mib("fit_cached_gpu_peak_mib"),
+            f"start-up {fit['startup_seconds']:.1f} s; "
+            f"reads frozen weights: {fit['loads_weights']}",
+        ],
+        [
+            f"training from the cache, batch {cached['batch_size']}",
+            f"{cached['samples_per_s']:,.0f}",
+            mib("train_cached_gpu_peak_mib"),
+            f"{cached['samples']} rows; data wait {cached['data_wait_fraction']:.1%}",
+        ],
+    ]
+    linalg = r["cca_linalg_ms"]
+    lines = [
+        "# rlrt benchmark at the paper's sizes"
+        + (" (rehearsal, tiny shapes)" if r["rehearsal"] else ""),
+        "",
+        f"Machine: `{json.dumps(results['machine'], sort_keys=True)}`",
+        "",
+        f"{r['samples']} samples; encoders {r['encoders']['image']} and "
+        f"{r['encoders']['text']} (random weights); "
+        f"{r['frozen_params']:,} frozen and {r['trainable_params']:,} trained parameters; "
+        f"{bare['flops_per_sample'] / 1e9:,.4g} GFLOP per sample; "
+        f"matmul peak {r['matmul_peak_tflops']:.1f} TFLOP/s.",
+        "",
+        markdown_table(rows, ["stage", "samples/s", "GPU peak MiB", "note"]).rstrip("\n"),
+        "",
+        f"Cache: {r['cache_bytes_per_sample'] / 1024:,.0f} KiB per sample (float16). "
+        f"CCA float64 linear algebra (forward + backward): CPU {linalg['cpu']:.2f} ms"
+        + (f", GPU {linalg['cuda']:.2f} ms" if "cuda" in linalg else "")
+        + f". Host peak RSS {r['peak_rss_mb']:,.0f} MB.",
+        "",
+        "Targets:",
+        f"- cache build >= {BUILD_TARGET}x the bare forward: "
+        f"{build['ratio_to_bare_forward']:.2f}x, "
+        + verdict(build["ratio_to_bare_forward"], BUILD_TARGET),
+        f"- training from the cache >= {CACHED_RATE_TARGET:,.0f} samples/s: "
+        f"{cached['samples_per_s']:,.0f}, " + verdict(cached["samples_per_s"], CACHED_RATE_TARGET),
+        f"- data wait < {DATA_WAIT_TARGET:.0%}: {cached['data_wait_fraction']:.1%}, "
+        + verdict(cached["data_wait_fraction"], DATA_WAIT_TARGET, higher_is_better=False),
+        "- a fit from the cache reads no frozen weights: "
+        + ("met" if not fit["loads_weights"] else "missed"),
+    ]
+    return "\n".join(lines) + "\n"
