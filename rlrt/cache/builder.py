@@ -7,16 +7,27 @@ processes; every process writes its rows into the same memory-mapped files and t
 process writes the manifests. A killed build resumes where it stopped: rows are flagged done only
 once flushed, and a rerun skips them without decoding or encoding them again. The command around
 it (arguments, the lock, which splits need building) is `rlrt.commands.cache`.
+
+What runs where, so that the device never waits for the host: the DataLoader workers read and
+decode images and tokenise texts (`collate_pending` with the encoder's `TextTokenizer`); the main
+process only launches the encoders (`FeatureExtractor.predict_step`, whose outputs stay on the
+device) and hands each batch to `RowWriter`, whose one background thread copies the outputs to
+the host, quantises them for an int8 cache and writes and flushes their rows, at most
+`RowWriter.max_in_flight` batches behind the device. Its errors are raised in the main process
+(at the next batch or at the end of the predict) and every write is done before the manifests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +56,7 @@ from rlrt.cache.format import (
     stale_message,
     verify_split,
 )
-from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
+from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder, TextTokenizer
 
 SPLITS = ("train", "val", "test")
 
@@ -59,37 +70,58 @@ class FeatureExtractor(LightningModule):
         self.text_encoder = text_encoder
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Image batch -> tokens `(L_s, B, N_i, D_i)` + embedding; text batch -> tokens, mask,
-        embedding; float16 on the CPU, with the rows and the segment (split and kind) they belong
-        to. A batch of rows all done already (a resumed build) gives an empty `row` and nothing
-        is encoded."""
-        out: dict[str, Any] = {"row": batch["row"].cpu().numpy(), "segment": batch["segment"]}
+        """Image batch -> tokens `(L_s, B, N_i, D_i)` + embedding; text batch (tokenised by the
+        loader's workers) -> tokens, mask, embedding; float16 (the mask bool) and left on the
+        device, not waited for (`RowWriter`'s thread copies them to the host), with the rows (a
+        host array) and the segment (split and kind) they belong to. A batch of rows all done
+        already (a resumed build) gives an empty `row` and nothing is encoded."""
+        out: dict[str, Any] = {"row": batch["row"], "segment": batch["segment"]}
         if len(out["row"]) == 0:
             return out
         if "image" in batch:
             tokens, _, embedding = self.image_encoder(batch["image"])
-            out.update(image_tokens=tokens.half().cpu(), image_embedding=embedding.half().cpu())
+            out.update(image_tokens=tokens.half(), image_embedding=embedding.half())
         else:
-            tokens, mask, embedding = self.text_encoder(batch["text"])
-            out.update(
-                text_tokens=tokens.half().cpu(),
-                text_mask=mask.cpu(),
-                text_embedding=embedding.half().cpu(),
-            )
+            tokens, mask, embedding = self.text_encoder.encode_tokens(batch["text_inputs"])
+            out.update(text_tokens=tokens.half(), text_mask=mask, text_embedding=embedding.half())
         return out
+
+
+class CacheWriteError(RuntimeError):
+    """Writing a batch's rows into a cache folder failed (in `RowWriter`'s thread)."""
 
 
 class RowWriter(BasePredictionWriter):
     """Writes each predicted batch into the memory-mapped arrays of its segment's split folder,
-    and keeps per folder the rows this process encoded and the seconds spent on them."""
+    and keeps per folder the rows this process encoded and the seconds spent on them.
 
-    def __init__(self) -> None:
+    The writing runs on one background thread, in batch order: the device-to-host copy of the
+    batch's outputs, the int8 quantisation of an int8 cache, the write, and the flush before
+    the rows are flagged done (`SplitCacheWriter.write_images` / `write_texts`). The main
+    process only hands batches over; with `max_in_flight` batches handed over and not written
+    yet it waits for the oldest, which bounds the device memory pending outputs hold. A write
+    that fails leaves its rows not flagged done (a rerun resumes them), stops the writes after
+    it, and is raised in the main process, naming the cache folder, at the next batch or at the
+    end of the predict; the predict ends only once every write is done (`on_predict_end`).
+
+    `written` and `seconds` are kept by the writer thread: read them after the predict. A
+    batch's seconds run from the previous batch's write being done to its own, so they hold its
+    reading, encoding and writing as they overlap, and add up to the whole pass.
+    """
+
+    def __init__(self, max_in_flight: int = 2) -> None:
         super().__init__(write_interval="batch")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+        self.max_in_flight = max_in_flight
         self.segments: list[Segment] = []
         self.writers: dict[Path, SplitCacheWriter] = {}
         self.written: dict[Path, dict[str, int]] = {}
         self.seconds: dict[Path, float] = {}
         self._mark = 0.0
+        self._thread: ThreadPoolExecutor | None = None
+        self._in_flight: deque[Future] = deque()
+        self._stopped = False  # set by a failed write: the writes queued after it are skipped
 
     def start(self, segments: list[Segment]) -> None:
         """Write the batches of `segments` (the loader's, in its order), counting afresh."""
@@ -98,35 +130,78 @@ class RowWriter(BasePredictionWriter):
         self.seconds = {s.folder: 0.0 for s in segments}
 
     def on_predict_start(self, trainer, pl_module) -> None:
+        self._stopped = False
         self._mark = time.perf_counter()
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ) -> None:
+        """Hand the batch to the writer thread (main process); first raise a failed write."""
+        while self._in_flight and self._in_flight[0].done():
+            self._in_flight.popleft().result()
+        while len(self._in_flight) >= self.max_in_flight:
+            self._in_flight.popleft().result()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="rlrt-cache-writer")
         segment = self.segments[prediction["segment"]]
-        if len(prediction["row"]) > 0:
-            self._write(segment, prediction)
+        self._in_flight.append(self._thread.submit(self._write, segment, prediction))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.drain()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        with contextlib.suppress(Exception):  # `exception` is the one to report
+            self.drain()
+
+    def drain(self) -> None:
+        """Wait for every batch handed over to be written (raising the first failure), then stop
+        the thread and close the arrays."""
+        try:
+            while self._in_flight:
+                self._in_flight[0].result()
+                self._in_flight.popleft()
+        finally:
+            self._stopped = True  # whatever is still queued after a failure is not written
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)
+                self._thread = None
+            self._in_flight.clear()
+            self._stopped = False
+            self.writers = {}
+
+    def _write(self, segment: Segment, prediction: dict[str, Any]) -> None:
+        """The writer thread's part of one batch."""
+        if self._stopped:
+            return
+        rows = prediction["row"]
+        try:
+            if len(rows) > 0:
+                self._write_rows(segment, prediction)
+        except Exception as err:
+            self._stopped = True
+            message = (
+                f"feature cache {segment.folder}: writing {len(rows)} {segment.kind} rows failed "
+                f"({type(err).__name__}: {err}); they are not flagged done: rerun `rlrt cache` to "
+                "resume the build"
+            )
+            if isinstance(err, OSError) and err.errno is not None:  # a full disk stays one
+                raise OSError(err.errno, message) from err
+            raise CacheWriteError(message) from err
         now = time.perf_counter()  # this batch's reading, encoding and writing: its folder's
         self.seconds[segment.folder] += now - self._mark
         self._mark = now
 
-    def _write(self, segment: Segment, prediction: dict[str, Any]) -> None:
+    def _write_rows(self, segment: Segment, prediction: dict[str, Any]) -> None:
         if segment.folder not in self.writers:
             self.writers[segment.folder] = SplitCacheWriter(segment.folder).open()
         writer = self.writers[segment.folder]
-        kind = f"{segment.kind}s"
-        self.written[segment.folder][kind] += len(prediction["row"])
+        rows = prediction["row"]
+        host = {k: v.cpu() for k, v in prediction.items() if isinstance(v, torch.Tensor)}
         if segment.kind == "image":
-            writer.write_images(
-                prediction["row"], prediction["image_tokens"], prediction["image_embedding"]
-            )
+            writer.write_images(rows, host["image_tokens"], host["image_embedding"])
         else:
-            writer.write_texts(
-                prediction["row"],
-                prediction["text_tokens"],
-                prediction["text_mask"],
-                prediction["text_embedding"],
-            )
+            writer.write_texts(rows, host["text_tokens"], host["text_mask"], host["text_embedding"])
+        self.written[segment.folder][f"{segment.kind}s"] += len(rows)
 
 
 @dataclass(frozen=True)
@@ -188,16 +263,18 @@ class SkipDone(Dataset):
         return self.inner[index]
 
 
-def collate_pending(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the rows still to do: `row` `(B,)` plus `image` `(B, 3, S, S)` or `text`; a batch
-    whose rows are all done already is just an empty `row`."""
+def collate_pending(items: list[dict[str, Any]], tokenize: TextTokenizer) -> dict[str, Any]:
+    """Stack the rows still to do (in the loader's workers): `row` `(B,)` int64, a host array
+    (not moved to the device, so never waited for), plus `image` `(B, 3, S, S)` or
+    `text_inputs`, the texts tokenised by `tokenize` (the text encoder's `text_tokenizer`); a
+    batch whose rows are all done already is just an empty `row`."""
     todo = [i for i in items if not i.get("skip")]
-    batch: dict[str, Any] = {"row": torch.tensor([i["row"] for i in todo], dtype=torch.int64)}
+    batch: dict[str, Any] = {"row": np.array([i["row"] for i in todo], dtype=np.int64)}
     batch["segment"] = items[0].get("segment", 0)  # one per batch (`Segments`)
     if todo and "image" in todo[0]:
         batch["image"] = torch.stack([i["image"] for i in todo])
     elif todo:
-        batch["text"] = [i["text"] for i in todo]
+        batch["text_inputs"] = tokenize([i["text"] for i in todo])
     return batch
 
 
@@ -400,7 +477,8 @@ def build_splits(
 ) -> None:
     """Encode the distinct images and the texts of every split of `jobs` in one
     `trainer.predict` (resuming where a killed build stopped): the encoders go to the device
-    once, and the loader's workers decode images and read texts while the device encodes."""
+    once, the loader's workers decode images and tokenise texts and `writer`'s thread writes
+    rows while the device encodes; every write is done before the manifests are written."""
     for job in jobs:
         prepare_split(job, shapes)
     segments = [
@@ -418,11 +496,14 @@ def build_splits(
             Segments(segments, batch_size, trainer.world_size),
             batch_size=batch_size,
             num_workers=num_workers,
-            collate_fn=collate_pending,
+            collate_fn=functools.partial(
+                collate_pending, tokenize=extractor.text_encoder.text_tokenizer
+            ),
         )
         names = ", ".join(dict.fromkeys(job.folder.name for job in jobs))
         with progress_named(trainer, f"encoding {names}"):
             trainer.predict(extractor, dataloaders=loader, return_predictions=False)
+        writer.drain()  # done by `on_predict_end` already; cheap, and sure before the manifests
     trainer.strategy.barrier()
     if trainer.is_global_zero:
         for job in jobs:
