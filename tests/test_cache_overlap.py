@@ -2,6 +2,7 @@
 written by one background thread at most `RowWriter.max_in_flight` batches behind the encoders,
 whose failures still end the build (naming the folder) and leave their rows to a rerun."""
 
+import errno
 import os
 import pickle
 import threading
@@ -15,6 +16,7 @@ from rlrt.cache.builder import CacheWriteError, RowWriter
 from rlrt.cache.format import SplitCacheReader, SplitCacheWriter
 from rlrt.cache.sources import split_sources
 from rlrt.encoders import TextTokenizer
+from rlrt.engine.errors import user_error_message
 from tests.test_feature_cache import build_cache, make_pair
 
 SPLITS = ("train", "val", "test")
@@ -59,7 +61,7 @@ def test_the_text_tokenizer_pickles_without_the_model(tiny_vit_config, tiny_llam
     assert len(pickle.dumps(tokenize)) < 2**20
 
 
-def test_all_empty_texts_get_one_masked_pad_position_on_both_paths(tiny_llama_dir, text_encoder):
+def test_all_empty_texts_get_one_masked_pad_position_on_both_paths(text_encoder):
     inputs = text_encoder.text_tokenizer(["", ""])
     assert inputs["input_ids"].tolist() == [[text_encoder.tokenizer.pad_token_id]] * 2
     assert inputs["attention_mask"].tolist() == [[0], [0]]
@@ -122,8 +124,15 @@ def test_rows_are_written_on_a_background_thread(
         np.testing.assert_array_equal(rows, np.arange(len(texts[split])))  # each row once
 
 
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (RuntimeError("the disk went away"), CacheWriteError),
+        (OSError(errno.ENOSPC, "No space left on device"), OSError),  # a user error: one line
+    ],
+)
 def test_a_failed_background_write_ends_the_build_naming_the_folder_and_a_rerun_resumes(
-    in_tmp, tiny_vit_config, tiny_llama_dir, monkeypatch
+    in_tmp, tiny_vit_config, tiny_llama_dir, monkeypatch, error, raised
 ):
     reference = in_tmp / "reference"
     build_cache(in_tmp, tiny_vit_config, tiny_llama_dir, reference)
@@ -134,15 +143,18 @@ def test_a_failed_background_write_ends_the_build_naming_the_folder_and_a_rerun_
         if self.folder.name == "train" and len(failed) == 0:
             self._put("text_tokens", rows, tokens.transpose(0, 1).numpy())  # half written
             failed.append(np.array(rows))
-            raise RuntimeError("the disk went away")
+            raise error
         original(self, rows, tokens, mask, embedding)
 
     monkeypatch.setattr(SplitCacheWriter, "write_texts", failing)
     cache = in_tmp / "cache"
     train = cache / "train"
-    with pytest.raises(CacheWriteError, match=f"feature cache {train}: writing .* text rows") as e:
+    with pytest.raises(raised, match=f"feature cache {train}: writing .* text rows") as e:
         build_cache(in_tmp, tiny_vit_config, tiny_llama_dir, cache)
-    assert "the disk went away" in str(e.value)
+    assert str(error) in str(e.value)
+    if raised is OSError:
+        assert e.value.errno == errno.ENOSPC
+        assert str(train) in user_error_message(e.value)
     [rows] = failed
     done = np.load(train / "text_done.npy")
     assert len(rows) > 0 and not done[rows].any()  # the failed batch's rows: left to a rerun

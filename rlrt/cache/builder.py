@@ -181,8 +181,8 @@ class RowWriter(BasePredictionWriter):
             self._stopped = True
             message = (
                 f"feature cache {segment.folder}: writing {len(rows)} {segment.kind} rows failed "
-                f"({type(err).__name__}: {err}); they are not flagged done: rerun `rlrt cache` to "
-                "resume the build"
+                f"({type(err).__name__}: {err}); they are not flagged done, a rerun of `rlrt "
+                "cache` resumes them"
             )
             if isinstance(err, OSError) and err.errno is not None:  # a full disk stays one
                 raise OSError(err.errno, message) from err
