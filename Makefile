@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: help install demo test test-all lint format clean bench bench-data robustness robustness-evidence robustness-evidence-random-vit cca-evidence ablations reproduce-table1
+.PHONY: help install demo test test-all lint format clean bench bench-paper bench-data robustness robustness-evidence robustness-evidence-random-vit cca-evidence ablations reproduce-table1
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ reproduce-table1: install ## Table 1: MMIMDB_ROOT= FOOD101_ROOT= SNLIVE_ROOT= CL
 
 bench: install ## encoders vs feature cache vs training throughput, tiny and base sizes (~5 min on an idle machine) -> results/bench.{json,md}
 	$(OFFLINE) $(BIN)/rlrt bench
+
+bench-paper: install ## the paper's encoder shapes on one GPU (~5 min; refused without one) -> results/bench_gpu.{json,md}
+	$(OFFLINE) $(BIN)/rlrt bench --sizes paper
 
 bench-data: install ## input-pipeline images/s with 0, 1, 2 workers -> results/bench_data.json
 	$(OFFLINE) $(BIN)/python -m data_modules.bench

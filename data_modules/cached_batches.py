@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from rlrt.cache.content import cache_identity, content_fingerprint
 from rlrt.cache.format import SplitCacheReader, check_content, check_fields
+from rlrt.cache.resident import ResidentSplit
+from rlrt.features import Features
 
 from .records import SampleRecord
 from .resumable import ResumableDataLoader
@@ -33,7 +35,7 @@ def open_cached_split(datamodule: ImageTextDataModule, split: str) -> CachedBatc
     dummy = SplitCacheReader(datamodule.feature_cache / "dummy")
     labels = labels_tensor(records, datamodule.task, datamodule.num_classes)
     text_present = torch.tensor([r.text_present for r in records], dtype=torch.bool)
-    return CachedBatches(reader, dummy, labels, text_present)
+    return CachedBatches(reader, dummy, labels, text_present, split=split)
 
 
 class CachedBatches(Dataset):
@@ -44,6 +46,10 @@ class CachedBatches(Dataset):
     to its own dtype on its device, so a GPU receives half the bytes), `dummy_features`
     (`Features` of one sample: the dummy inputs), `label`, `id`, `image_present`,
     `text_present` (bool `(B,)`).
+
+    With `resident` set, `features` is None and the batch carries `cache_rows` (int64 `(B,)`)
+    and `cache_split` instead: the data module's `on_after_batch_transfer` gathers the features
+    on the device the rows were moved to (`gather_on_device`), from the split's copy there.
     """
 
     def __init__(
@@ -52,11 +58,15 @@ class CachedBatches(Dataset):
         dummy: SplitCacheReader,
         labels: torch.Tensor,
         text_present: torch.Tensor,
+        split: str = "",
     ) -> None:
         self.reader = reader
         self.dummy = dummy
         self.labels = labels  # (N, C) float32 multi-hot or (N,) int64
         self.text_present = text_present  # (N,) bool: False where the record has no text
+        self.split = split
+        self.resident = False  # set by the data module when its loader is made
+        self._on_device: ResidentSplit | None = None
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -66,7 +76,12 @@ class CachedBatches(Dataset):
 
     def __getitems__(self, rows: list[int]) -> dict[str, Any]:
         index = np.asarray(rows, dtype=np.int64)
-        features, has_image = self.reader.gather(index)
+        extra: dict[str, Any] = {}
+        if self.resident:  # row numbers only: the features are gathered on the device
+            features, has_image = None, torch.from_numpy(self.reader.sample_image_row[index] >= 0)
+            extra = {"cache_rows": torch.from_numpy(index), "cache_split": self.split}
+        else:
+            features, has_image = self.reader.gather(index)
         dummy, _ = self.dummy.gather(np.zeros(1, dtype=np.int64))
         return {
             "features": features,
@@ -75,7 +90,17 @@ class CachedBatches(Dataset):
             "id": [self.reader.ids[i] for i in rows],
             "image_present": has_image,
             "text_present": self.text_present[torch.from_numpy(index)],
+            **extra,
         }
+
+    def gather_on_device(self, rows: torch.Tensor) -> Features:
+        """Features of `rows` `(B,)` from this split's copy in the memory of `rows`' device,
+        made on first use (one copy of the stored arrays, kept for the next epochs)."""
+        if self._on_device is None or self._on_device.device != rows.device:
+            self._on_device = None  # the old copy's memory first
+            self._on_device = ResidentSplit(self.reader, rows.device)
+        features, _ = self._on_device.gather(rows)
+        return features
 
 
 def labels_tensor(records: list[SampleRecord], task: str, num_classes: int) -> torch.Tensor:

@@ -112,6 +112,7 @@ def test_the_rehearsal_runs_every_stage_and_reports_consistent_figures(tmp_path,
     assert cached["batch_size"] == REHEARSAL.cached_batch
     assert cached["samples_per_s"] == pytest.approx(cached["samples"] / cached["epoch_seconds"])
     assert 0 <= cached["data_wait_fraction"] < 1
+    assert cached["in_device_memory"] is torch.cuda.is_available()  # auto: on a GPU only
     assert set(r["cca_linalg_ms"]) == ({"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"})
     assert r["cache_bytes_per_sample"] > 0 and r["trainable_params"] > 0
     markdown = (output / "bench_gpu_rehearsal.md").read_text()
