@@ -43,7 +43,7 @@ reproduce-table1: install ## Table 1: MMIMDB_ROOT= FOOD101_ROOT= SNLIVE_ROOT= CL
 bench: install ## encoders vs feature cache vs training throughput, tiny and base sizes (~5 min on an idle machine) -> results/bench.{json,md}
 	$(OFFLINE) $(BIN)/rlrt bench
 
-bench-paper: install ## the paper's encoder shapes on one GPU (~5 min; refused without one) -> results/bench_gpu.{json,md}
+bench-paper: install ## the paper's encoder shapes on one GPU (sized for < 6 min; refused without one) -> results/bench_gpu.{json,md}
 	$(OFFLINE) $(BIN)/rlrt bench --sizes paper
 
 bench-data: install ## input-pipeline images/s with 0, 1, 2 workers -> results/bench_data.json
