@@ -392,6 +392,7 @@ class ImageTextDataModule(L.LightningDataModule):
         if self.feature_cache is not None:
             batches = self._cached_batches(split)
             batches.resident = self._keep_on_device(batches)
+            batches.host_fallback = self.cache_in_device_memory != "always"
             return cached_loader(
                 batches,
                 batch_size,

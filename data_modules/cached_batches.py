@@ -3,15 +3,17 @@ and encoded: whole batches of rows, gathered with one fancy index per memory-map
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rlrt.cache.builder import human_bytes
 from rlrt.cache.content import cache_identity, content_fingerprint
-from rlrt.cache.format import SplitCacheReader, check_content, check_fields
-from rlrt.cache.resident import ResidentSplit
+from rlrt.cache.format import CacheMemoryError, SplitCacheReader, check_content, check_fields
+from rlrt.cache.resident import ResidentSplit, stored_bytes
 from rlrt.features import Features
 
 from .records import SampleRecord
@@ -66,6 +68,7 @@ class CachedBatches(Dataset):
         self.text_present = text_present  # (N,) bool: False where the record has no text
         self.split = split
         self.resident = False  # set by the data module when its loader is made
+        self.host_fallback = True  # False: a copy that does not fit is an error (`always`)
         self._on_device: ResidentSplit | None = None
 
     def __len__(self) -> int:
@@ -95,12 +98,38 @@ class CachedBatches(Dataset):
 
     def gather_on_device(self, rows: torch.Tensor) -> Features:
         """Features of `rows` `(B,)` from this split's copy in the memory of `rows`' device,
-        made on first use (one copy of the stored arrays, kept for the next epochs)."""
+        made on first use (one copy of the stored arrays, kept for the next epochs).
+
+        When the copy does not fit after all (the model's own memory grew since the data module
+        decided), a split kept there by `auto` is read from the host from now on, with one
+        warning; one kept there by `always` ends the run in one line."""
         if self._on_device is None or self._on_device.device != rows.device:
             self._on_device = None  # the old copy's memory first
-            self._on_device = ResidentSplit(self.reader, rows.device)
+            try:
+                self._on_device = ResidentSplit(self.reader, rows.device)
+            except (torch.OutOfMemoryError, MemoryError) as err:
+                return self._read_from_host(rows, err)
         features, _ = self._on_device.gather(rows)
         return features
+
+    def _read_from_host(self, rows: torch.Tensor, err: BaseException) -> Features:
+        size = human_bytes(stored_bytes(self.reader))
+        if not self.host_fallback:
+            raise CacheMemoryError(
+                f"feature cache {self.reader.folder} ({size}) does not fit in the memory of "
+                f"{rows.device} ({type(err).__name__}); use --data.init_args."
+                "cache_in_device_memory auto or never to read it from the host"
+            ) from err
+        if rows.device.type == "cuda":
+            torch.cuda.empty_cache()
+        warnings.warn(
+            f"feature cache {self.reader.folder} ({size}) did not fit in the memory of "
+            f"{rows.device}; reading its batches from the host",
+            stacklevel=2,
+        )
+        self.resident = False  # the loader's next batches carry their features again
+        features, _ = self.reader.gather(rows.cpu().numpy())
+        return features.to(rows.device)
 
 
 def labels_tensor(records: list[SampleRecord], task: str, num_classes: int) -> torch.Tensor:

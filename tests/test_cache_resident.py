@@ -80,3 +80,49 @@ def test_a_bad_mode_is_refused_in_one_line(tmp_path):
 
     with pytest.raises(ValueError, match="cache_in_device_memory must be one of"):
         DemoMMIMDBDataModule(root=str(tmp_path), cache_in_device_memory="sometimes")
+
+
+def _no_room(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+
+def test_auto_reads_from_the_host_when_the_copy_does_not_fit_after_all(
+    cache,  # noqa: F811
+    tmp_path,
+    tiny_vit_config,
+    tiny_llama_dir,
+    monkeypatch,
+):
+    """`auto` decided for device memory but the copy fails (the model's memory grew since): the
+    split is read from the host from then on, with one warning, and trains as the memory map."""
+    data, model = make_pair(tmp_path, tiny_vit_config, tiny_llama_dir, cache)
+    data.cache_in_device_memory = "never"
+    reference = fit(data, model, tmp_path / "never")
+    data, model = make_pair(tmp_path, tiny_vit_config, tiny_llama_dir, cache)
+    data.cache_in_device_memory = "auto"
+    data._keep_on_device = lambda batches: True  # what `auto` decides on a GPU where it fits
+    monkeypatch.setattr("data_modules.cached_batches.ResidentSplit", _no_room)
+    with pytest.warns(UserWarning, match=r"did not fit in the memory of cpu; reading its batches"):
+        losses, val = fit(data, model, tmp_path / "auto")
+    assert data._cached["train"].resident is False
+    np.testing.assert_array_equal(losses, reference[0])
+    np.testing.assert_equal(val, reference[1])
+
+
+def test_always_ends_in_one_line_when_the_copy_does_not_fit(
+    cache,  # noqa: F811
+    tmp_path,
+    tiny_vit_config,
+    tiny_llama_dir,
+    monkeypatch,
+):
+    from rlrt.cache.format import CacheMemoryError
+
+    data, model = make_pair(tmp_path, tiny_vit_config, tiny_llama_dir, cache)
+    data.cache_in_device_memory = "always"
+    monkeypatch.setattr("data_modules.cached_batches.ResidentSplit", _no_room)
+    with pytest.raises(CacheMemoryError) as error:
+        fit(data, model, tmp_path / "always")
+    message = str(error.value)
+    assert "\n" not in message and f"feature cache {cache}/" in message  # sanity val first
+    assert "does not fit in the memory of cpu" in message and "auto or never" in message

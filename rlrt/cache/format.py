@@ -141,6 +141,11 @@ class CacheSpaceError(ValueError):
     """The cache would not fit in the free space of its disk (found before any work)."""
 
 
+class CacheMemoryError(ValueError):
+    """A cached split asked to stay in a device's memory (`cache_in_device_memory: always`) does
+    not fit there."""
+
+
 def damaged(path: Path, what: str) -> CacheCorruptError:
     return CacheCorruptError(f"feature cache file {path} is damaged ({what}); {REBUILD}")
 
