@@ -36,10 +36,13 @@ def test_the_paper_size_is_refused_in_one_line_without_a_gpu(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # refused before the tiny size spent its time
 
 
-def test_an_unknown_size_is_refused(capsys):
+def test_an_unknown_size_and_a_rehearsal_of_no_paper_size_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--sizes", "huge"])
     assert "unknown size 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--sizes", "tiny", "--rehearse"])
+    assert "--rehearse applies to the paper size" in capsys.readouterr().err
 
 
 def test_the_text_encoder_has_llama_2_7b_shapes(tmp_path):

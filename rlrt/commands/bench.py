@@ -286,6 +286,8 @@ def run_bench(argv: list[str]) -> dict[str, Any]:
     unknown = sorted(set(sizes) - {"tiny", "base", "paper"})
     if unknown:
         raise ValueError(f"rlrt bench: unknown size {unknown[0]!r}; choose from tiny, base, paper")
+    if args.rehearse and "paper" not in sizes:
+        raise ValueError("rlrt bench: --rehearse applies to the paper size; add --sizes paper")
     if args.one == "paper":
         result = measure_paper(Path(args.configs), args.rehearse)
     elif args.one:
