@@ -42,6 +42,8 @@ import torch
 
 from rlrt.commands.bench_paper import measure_paper, paper_markdown, require_gpu
 from rlrt.commands.bench_timing import (
+    MEASURING_TRAINER_ARGS,
+    config_files,
     fill_random_cache,
     fit_once,
     machine,
@@ -72,23 +74,12 @@ def encoder_args(size: str, scratch: Path) -> list[str]:
 
 def common_args(configs: Path, root: Path, movies: int, train_samples: int) -> list[str]:
     return [
-        "--config",
-        str(configs / "trainer" / "demo.yaml"),
-        "--config",
-        str(configs / "data" / "demo.yaml"),
-        "--config",
-        str(configs / "model" / "demo.yaml"),
+        *config_files(configs, trainer="demo", data="demo", model="demo"),
         f"--data.init_args.root={root}",
         f"--data.init_args.num_movies={movies}",
         f"--data.init_args.limit_samples={train_samples}",
         "--data.init_args.batch_size=128",
-        "--trainer.accelerator=auto",
-        "--trainer.logger=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.limit_val_batches=0",
-        "--trainer.callbacks=rlrt.commands.bench_timing.EpochTimer",
+        *MEASURING_TRAINER_ARGS,
     ]
 
 
@@ -282,20 +273,20 @@ def run_bench(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--output", default="results")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args(argv)
+    if args.one:  # the measuring child of one size
+        if args.one == "paper":
+            result = measure_paper(Path(args.configs), args.rehearse)
+        else:
+            scaling = tuple(int(n) for n in args.scaling.split(","))
+            result = measure(args.one, Path(args.configs), args.samples, scaling)
+        print("RLRT_BENCH_RESULT " + json.dumps(result))
+        return result
     sizes = args.sizes.split(",")
     unknown = sorted(set(sizes) - {"tiny", "base", "paper"})
     if unknown:
         raise ValueError(f"rlrt bench: unknown size {unknown[0]!r}; choose from tiny, base, paper")
     if args.rehearse and "paper" not in sizes:
         raise ValueError("rlrt bench: --rehearse applies to the paper size; add --sizes paper")
-    if args.one == "paper":
-        result = measure_paper(Path(args.configs), args.rehearse)
-    elif args.one:
-        scaling = tuple(int(n) for n in args.scaling.split(","))
-        result = measure(args.one, Path(args.configs), args.samples, scaling)
-    if args.one:
-        print("RLRT_BENCH_RESULT " + json.dumps(result))
-        return result
     if "paper" in sizes:
         require_gpu(args.rehearse)  # before any other size spends its minutes
     output = Path(args.output)

@@ -40,7 +40,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlrt.commands.bench_timing import fill_random_cache, fit_once, peak_rss_mb, say
+from rlrt.commands.bench_timing import (
+    MEASURING_TRAINER_ARGS,
+    config_files,
+    fill_random_cache,
+    fit_once,
+    peak_rss_mb,
+    say,
+)
 from rlrt.commands.cache import run_cache
 from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.losses import correlations_from_covariances
@@ -91,12 +98,7 @@ def paper_args(configs: Path, root: Path, scratch: Path, scale: Scale, rehearse:
     """CLI arguments of `configs/model/rlrt.yaml` with random weights, on `root`'s demo data."""
     cuda = torch.cuda.is_available()
     args = [
-        "--config",
-        str(configs / "trainer" / "default.yaml"),
-        "--config",
-        str(configs / "data" / "demo.yaml"),
-        "--config",
-        str(configs / "model" / "rlrt.yaml"),
+        *config_files(configs, trainer="default", data="demo", model="rlrt"),
         f"--data.init_args.root={root}",
         f"--data.init_args.num_movies={scale.movies}",
         f"--data.init_args.poster_size=[{scale.poster_size[0]},{scale.poster_size[1]}]",
@@ -107,14 +109,8 @@ def paper_args(configs: Path, root: Path, scratch: Path, scale: Scale, rehearse:
         "--model.image_encoder.init_args.pretrained=null",
         "--model.text_encoder.init_args.random_weights=true",
         f"--model.text_encoder.init_args.random_init_device={'cuda' if cuda else 'cpu'}",
-        "--trainer.accelerator=auto",
         f"--trainer.precision={'bf16-mixed' if cuda else '32-true'}",
-        "--trainer.logger=false",
-        "--trainer.enable_checkpointing=false",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--trainer.limit_val_batches=0",
-        "--trainer.callbacks=rlrt.commands.bench_timing.EpochTimer",
+        *MEASURING_TRAINER_ARGS,
     ]
     if rehearse:  # tiny towers of the same kinds, and a common width the tiny data can fit
         vit = write_tiny_vit_config(scratch)

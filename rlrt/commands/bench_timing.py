@@ -21,6 +21,27 @@ from rlrt.cache.format import Shapes, SplitCacheWriter
 from rlrt.cache.sources import split_sources
 from rlrt.engine.lightning_cli import RLRTCLI
 
+# A measured fit: any device, nothing written, no validation, the epochs and steps timed.
+MEASURING_TRAINER_ARGS = (
+    "--trainer.accelerator=auto",
+    "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.limit_val_batches=0",
+    "--trainer.callbacks=rlrt.commands.bench_timing.EpochTimer",
+)
+
+
+def config_files(configs: Path, *, trainer: str, data: str, model: str) -> list[str]:
+    """`--config` arguments of `configs/{trainer,data,model}/<name>.yaml`."""
+    chosen = {"trainer": trainer, "data": data, "model": model}
+    return [
+        arg
+        for kind, name in chosen.items()
+        for arg in ("--config", str(configs / kind / f"{name}.yaml"))
+    ]
+
 
 class EpochTimer(Callback):
     """Wall time of each training epoch, and per epoch the time spent between steps (`waits`:
