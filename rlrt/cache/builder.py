@@ -408,8 +408,9 @@ def build_dummy(folder: Path, image_encoder, text_encoder, shapes: Shapes, build
         shapes=shapes,
     )
     writer = SplitCacheWriter(folder).open()
+    image = dummy_image(image_encoder)
     tokens, _, embedding = image_encoder(
-        dummy_image(image_encoder), torch.zeros(1, dtype=torch.bool)
+        image, torch.zeros(1, dtype=torch.bool, device=image.device)
     )
     writer.write_images(np.zeros(1, dtype=np.int64), tokens.half(), embedding.half())
     tokens, mask, embedding = text_encoder([""])

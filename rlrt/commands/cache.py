@@ -145,6 +145,9 @@ def _build_cache(args: argparse.Namespace, rest: list[str], cache_dir: Path) -> 
     writer = RowWriter()
     trainer.callbacks.append(writer)
     extractor = FeatureExtractor(model.image_encoder, model.text_encoder)
+    # the weights load straight onto the device the build runs on (a 7B text model is not put
+    # on the CPU first): the shapes probe and the dummy rows run there too
+    extractor.to(trainer.strategy.root_device)
     shapes = shapes_of(model.image_encoder, model.text_encoder)
     encoders = {
         "format_version": FORMAT_VERSION,
