@@ -35,7 +35,7 @@ class DemoMMIMDBDataModule(MMIMDBDataModule):
         super().__init__(**kwargs)
         self.num_movies = num_movies
         self.demo_seed = demo_seed
-        self.poster_size, self.plot_words = check_sizes(poster_size, plot_words)
+        self.poster_size, self.plot_words = check_sizes(poster_size, plot_words, "poster_size")
 
     def prepare_data(self) -> None:
         ensure_demo_dataset(

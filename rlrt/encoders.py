@@ -716,7 +716,7 @@ class FrozenTextEncoder(FrozenEncoder):
         if self.random_weights:
             device = torch.device(self.random_init_device)
             if device.type == "cuda" and not torch.cuda.is_available():
-                raise RuntimeError(
+                raise ValueError(
                     "FrozenTextEncoder: random_init_device=cuda but no CUDA device is visible; "
                     "use random_init_device=cpu (other random values: rebuild caches made on cuda)"
                 )

@@ -300,6 +300,21 @@ def test_formatting_helpers():
     )
 
 
+def test_a_data_modules_own_check_is_one_clean_line(tmp_path, capsys, monkeypatch):
+    """A value the data module itself refuses (here batch_size 0), raised while jsonargparse
+    instantiates it, shows the module's message, not the union report around it."""
+    from rlrt.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the demo model config names its encoder config relative to it
+    args = [f"--config=configs/{kind}/demo.yaml" for kind in ("trainer", "data", "model")]
+    with pytest.raises(SystemExit):
+        main(["fit", *args, f"--data.init_args.root={tmp_path}", "--data.init_args.batch_size=0"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("rlrt: error: ") and "batch_size must be >= 1, got 0" in error
+    assert "Union" not in error and "Given value" not in error and "NoneType" not in error
+
+
 def test_which_errors_are_the_users():
     full = OSError(errno.ENOSPC, "No space left on device", "runs/rlrt/version_3/last.ckpt")
     message = user_error_message(full)

@@ -241,13 +241,16 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
 
 
 def check_sizes(
-    image_size: Any = DEFAULT_IMAGE_SIZE, plot_words: Any = DEFAULT_PLOT_WORDS
+    image_size: Any = DEFAULT_IMAGE_SIZE,
+    plot_words: Any = DEFAULT_PLOT_WORDS,
+    size_name: str = "image_size",
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """`(image_size, plot_words)` as int pairs; a ValueError of one line when out of bounds."""
-    w, h = _pair(image_size, "image_size")
+    """`(image_size, plot_words)` as int pairs; a ValueError of one line when out of bounds,
+    naming the poster size `size_name` (the option the caller was given)."""
+    w, h = _pair(image_size, size_name)
     if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
         raise ValueError(
-            f"image_size must be (W, H) with each side in {MIN_SIDE}..{MAX_SIDE} px, "
+            f"{size_name} must be (W, H) with each side in {MIN_SIDE}..{MAX_SIDE} px, "
             f"got {tuple(image_size)}"
         )
     lo, hi = _pair(plot_words, "plot_words")

@@ -58,7 +58,10 @@ def parse_error_line(message: str, command: str) -> str:
 
 def user_error_message(error: BaseException, command: str = "rlrt") -> str | None:
     """The one-line message for a user error, or None when `error` is not one."""
-    if isinstance(error, argparse.ArgumentError):
+    if isinstance(error, argparse.ArgumentError) or (
+        # a class's own check failing as jsonargparse instantiates it: its report of a union
+        isinstance(error, ValueError) and str(error).startswith(_PARSE_NOISE[0])
+    ):
         return parse_error_line(str(error), command)
     if isinstance(error, OSError) and error.errno == errno.ENAMETOOLONG:
         name = str(error.filename or "")
