@@ -4,6 +4,7 @@ the CPU, and the pieces that compute something checked against independent count
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from rlrt.commands.bench_paper import (
     PAPER,
     REHEARSAL,
     counted_flops,
+    measure_paper,
     paper_markdown,
     verdict,
 )
@@ -122,3 +124,27 @@ def test_the_rehearsal_runs_every_stage_and_reports_consistent_figures(tmp_path,
     assert markdown == paper_markdown(json.loads((output / "bench_gpu_rehearsal.json").read_text()))
     assert "(rehearsal, tiny shapes)" in markdown and "- data wait < 10%" in markdown
     assert list(scratch.glob("rlrt-bench-*")) == []
+    assert not (output / "bench_gpu_rehearsal.partial.json").exists()  # complete: removed
+
+
+def test_a_failed_stage_is_recorded_and_the_others_still_measure(tmp_path, monkeypatch):
+    """One GPU session must give all it can: the cache build failing leaves the stages that
+    need the cache unmeasured and named with their errors, the others measured, the figures
+    written after every stage, and a report that says which targets were not measured."""
+
+    def no_cache(args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr("rlrt.commands.bench_paper.run_cache", no_cache)
+    progress = tmp_path / "bench_gpu.partial.json"
+    r = measure_paper(ROOT / "configs", rehearse=True, progress=progress)
+    assert r["failed"]["cache_build"] == "OSError: disk gone"
+    assert {"fit_cached", "train_cached"} <= set(r["failed"])  # they need the cache
+    assert {"bare_forward", "train_online", "cca_linalg_ms"} <= set(r)
+    assert "cache_build" not in r and "train_cached" not in r
+    saved = json.loads(progress.read_text())
+    assert saved["complete"] is False and saved["failed"] == r["failed"]
+    markdown = paper_markdown({"machine": {}, "paper": r})
+    assert "- training from the cache >= 20,000 samples/s: not measured" in markdown
+    assert "- cache_build: OSError: disk gone" in markdown
+    assert "| rlrt cache, all splits | - |" in re.sub(r" {2,}", " ", markdown)

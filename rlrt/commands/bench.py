@@ -219,9 +219,12 @@ def to_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def measure_in_child(size: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure_in_child(
+    size: str, args: argparse.Namespace, progress: Path | None = None
+) -> dict[str, Any]:
     """`measure(size)` in a fresh process (so its peak memory is its own), showing its progress
-    lines as they come; a failure raises with the end of the child's stderr."""
+    lines as they come (and, for the paper size, writing its figures so far to `progress`); a
+    failure raises with the end of the child's stderr."""
     command = [
         sys.executable,
         "-m",
@@ -232,6 +235,7 @@ def measure_in_child(size: str, args: argparse.Namespace) -> dict[str, Any]:
         f"--scaling={args.scaling}",
         f"--configs={args.configs}",
         *(["--rehearse"] if args.rehearse else []),
+        *([f"--progress={progress}"] if progress is not None else []),
     ]
     result = None
     with tempfile.TemporaryFile(mode="w+") as errors:
@@ -243,7 +247,8 @@ def measure_in_child(size: str, args: argparse.Namespace) -> dict[str, Any]:
                     print("  " + line.rstrip(), flush=True)
         if child.returncode != 0 or result is None:
             errors.seek(0)
-            raise RuntimeError(f"benchmark of {size} failed:\n{errors.read()[-4000:]}")
+            kept = f" (the figures measured before: {progress})" if progress else ""
+            raise RuntimeError(f"benchmark of {size} failed{kept}:\n{errors.read()[-4000:]}")
     return result
 
 
@@ -272,10 +277,12 @@ def run_bench(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--configs", default="configs")
     parser.add_argument("--output", default="results")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process mode
+    parser.add_argument("--progress", default=None, help=argparse.SUPPRESS)  # the child's
     args = parser.parse_args(argv)
     if args.one:  # the measuring child of one size
         if args.one == "paper":
-            result = measure_paper(Path(args.configs), args.rehearse)
+            progress = None if args.progress is None else Path(args.progress)
+            result = measure_paper(Path(args.configs), args.rehearse, progress)
         else:
             scaling = tuple(int(n) for n in args.scaling.split(","))
             result = measure(args.one, Path(args.configs), args.samples, scaling)
@@ -301,9 +308,13 @@ def run_bench(argv: list[str]) -> dict[str, Any]:
         print(markdown)
     if "paper" in sizes:
         say("measuring paper ..." + (" (rehearsal: tiny shapes)" if args.rehearse else ""))
-        paper = {"machine": machine(), "paper": measure_in_child("paper", args)}
         name = "bench_gpu_rehearsal" if args.rehearse else "bench_gpu"
+        # the figures so far after each stage, `"complete": false`: what a run killed midway
+        # (a time limit, a lost machine) still leaves; removed once the whole run is written
+        progress = output / f"{name}.partial.json"
+        paper = {"machine": machine(), "paper": measure_in_child("paper", args, progress)}
         atomic_write_json(output / f"{name}.json", paper)
+        progress.unlink(missing_ok=True)
         markdown = paper_markdown(paper)
         atomic_write_text(output / f"{name}.md", markdown)
         print(markdown)
