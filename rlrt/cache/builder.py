@@ -500,6 +500,8 @@ def build_splits(
             collate_fn=functools.partial(
                 collate_pending, tokenize=extractor.text_encoder.text_tokenizer
             ),
+            # page-locked batches: their copy to the GPU does not hold up the host
+            pin_memory=trainer.strategy.root_device.type == "cuda",
         )
         names = ", ".join(dict.fromkeys(job.folder.name for job in jobs))
         with progress_named(trainer, f"encoding {names}"):
