@@ -70,6 +70,7 @@ class CachedBatches(Dataset):
         self.resident = False  # set by the data module when its loader is made
         self.host_fallback = True  # False: a copy that does not fit is an error (`always`)
         self._on_device: ResidentSplit | None = None
+        self._copy_failed = False  # the device copy did not fit: every batch from the host
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -103,6 +104,9 @@ class CachedBatches(Dataset):
         When the copy does not fit after all (the model's own memory grew since the data module
         decided), a split kept there by `auto` is read from the host from now on, with one
         warning; one kept there by `always` ends the run in one line."""
+        if self._copy_failed:  # a batch the loader had fetched ahead of the fallback
+            features, _ = self.reader.gather(rows.cpu().numpy())
+            return features.to(rows.device)
         if self._on_device is None or self._on_device.device != rows.device:
             self._on_device = None  # the old copy's memory first
             try:
@@ -128,8 +132,8 @@ class CachedBatches(Dataset):
             stacklevel=2,
         )
         self.resident = False  # the loader's next batches carry their features again
-        features, _ = self.reader.gather(rows.cpu().numpy())
-        return features.to(rows.device)
+        self._copy_failed = True
+        return self.gather_on_device(rows)
 
 
 def labels_tensor(records: list[SampleRecord], task: str, num_classes: int) -> torch.Tensor:

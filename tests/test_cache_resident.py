@@ -101,10 +101,19 @@ def test_auto_reads_from_the_host_when_the_copy_does_not_fit_after_all(
     data, model = make_pair(tmp_path, tiny_vit_config, tiny_llama_dir, cache)
     data.cache_in_device_memory = "auto"
     data._keep_on_device = lambda batches: True  # what `auto` decides on a GPU where it fits
-    monkeypatch.setattr("data_modules.cached_batches.ResidentSplit", _no_room)
-    with pytest.warns(UserWarning, match=r"did not fit in the memory of cpu; reading its batches"):
+    attempts = []
+
+    def no_room_counted(*args, **kwargs):
+        attempts.append(args)
+        _no_room()
+
+    monkeypatch.setattr("data_modules.cached_batches.ResidentSplit", no_room_counted)
+    with pytest.warns(UserWarning, match=r"did not fit in the memory of cpu") as caught:
         losses, val = fit(data, model, tmp_path / "auto")
     assert data._cached["train"].resident is False
+    # once per split (val, train): the batch Lightning had fetched ahead is not copied again
+    ours = [w for w in caught if "did not fit in the memory" in str(w.message)]
+    assert len(attempts) == len(ours) == 2
     np.testing.assert_array_equal(losses, reference[0])
     np.testing.assert_equal(val, reference[1])
 
