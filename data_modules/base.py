@@ -44,8 +44,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from rlrt.cache.resident import (
-    RESIDENT_MODES,
     ResidentMode,
+    check_mode,
     free_device_memory,
     keep_on_device,
     stored_bytes,
@@ -246,11 +246,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.verify_images = verify_images
         self.feature_cache = None if feature_cache is None else Path(feature_cache).expanduser()
         self.feature_cache_manifest: dict[str, Any] | None = None  # read by the model's checks
-        if cache_in_device_memory not in RESIDENT_MODES:
-            raise ValueError(
-                f"cache_in_device_memory must be one of {RESIDENT_MODES}, "
-                f"got {cache_in_device_memory!r}"
-            )
+        check_mode(cache_in_device_memory)
         self.cache_in_device_memory = cache_in_device_memory
         self._cached: dict[str, Any] = {}
         self.bad_samples: list[BadSample] = []

@@ -17,7 +17,7 @@ class DemoMMIMDBDataModule(MMIMDBDataModule):
         num_movies: movies to generate when `root` holds no dataset yet.
         demo_seed: seed of the generator (the training shuffle uses `seed`).
         poster_size: generated posters' (width, height) in px (`image_size` is the model's crop).
-        plot_words: generated plots' (min, max) filler words; about (110, 140) fill 128 tokens.
+        plot_words: generated plots' (min, max) filler words; (128, 160) pass 128 tokens.
         **kwargs: the `MMIMDBDataModule` arguments (root, text_unit, image_size, ...).
     """
 

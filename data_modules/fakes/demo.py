@@ -13,11 +13,12 @@ grid covers the central square of the poster, the part a resize-shorter-side + c
 each cell is 1/16 of it, big enough to survive the random features of an untrained, frozen ViT.
 An element is omitted with probability 0.1.
 
-Plots: `plot_words = (min, max)` filler words (default 12-24; about 110-140 fill 128 tokens) from
-a label-independent vocabulary plus, per text-visible genre, 1-3 of its five English keywords
-(each omitted with probability 0.15); 5% of plots get one decoy keyword of a genre the movie does
-not have. A quarter of the movies have a second plot. The two sizes change only poster pixels
-and plot lengths: genres, split and which genres are shown are the same for the same `seed`.
+Plots: `plot_words = (min, max)` filler words (default 12-24; with 128-160 every plot reaches 128
+tokens) from a label-independent vocabulary plus, per text-visible genre, 1-3 of its five English
+keywords (each omitted with probability 0.15); 5% of plots get one decoy keyword of a genre the
+movie does not have. A quarter of the movies have a second plot. The two sizes change only
+poster pixels and plot lengths: genres, split and which genres are shown are the same for the
+same `seed`.
 
 Genres: 1-4 per movie; the first cycles through a shuffled list of all 23 (so every genre
 occurs, about `num_movies / 23` times as first genre), the others follow MM-IMDB-like frequencies

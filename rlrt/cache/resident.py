@@ -31,14 +31,19 @@ def stored_bytes(reader: SplitCacheReader) -> int:
     return sum(array.nbytes for array in reader.stored.values()) + reader.sample_image_row.nbytes
 
 
+def check_mode(mode: str) -> None:
+    """Refuse, in one line, a `cache_in_device_memory` that is not one of `RESIDENT_MODES`."""
+    if mode not in RESIDENT_MODES:
+        raise ValueError(f"cache_in_device_memory must be one of {RESIDENT_MODES}, got {mode!r}")
+
+
 def keep_on_device(
     mode: ResidentMode, device: torch.device, split_bytes: int, free_bytes: int | None
 ) -> bool:
     """Whether a split of `split_bytes` goes to `device`'s memory: always or never as told;
     `auto`: on a CUDA device when it takes at most `FREE_MEMORY_SHARE` of `free_bytes` (never on
     a CPU, where the memory-mapped reads are already in memory and numpy gathers faster)."""
-    if mode not in RESIDENT_MODES:
-        raise ValueError(f"cache_in_device_memory must be one of {RESIDENT_MODES}, got {mode!r}")
+    check_mode(mode)
     if mode != "auto":
         return mode == "always"
     return (
