@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.cache_equality import assert_same_cache
 from tests.test_cli import demo_args
 from tests.test_resume import REPO, fit_args, load
 
@@ -48,18 +49,6 @@ def run(args, cwd, check=True):
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
-
-
-def assert_same_cache(one: Path, two: Path) -> None:
-    """Two cache folders hold the same manifests and arrays, split by split."""
-    for split in ("train", "val", "test"):
-        assert json.loads((one / split / "manifest.json").read_text()) == json.loads(
-            (two / split / "manifest.json").read_text()
-        )
-        for name in ("image_tokens", "image_embedding", "text_tokens", "text_mask"):
-            np.testing.assert_array_equal(
-                np.load(two / split / f"{name}.npy"), np.load(one / split / f"{name}.npy")
-            )
 
 
 def newest_metrics(cwd: Path) -> dict:
