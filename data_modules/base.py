@@ -3,12 +3,14 @@
 A dataset subclass only says how to read one split's records (`read_split`) and what its classes
 are; everything else lives here, once:
 
-- **Validation at setup** (cheap, every record): id is a non-empty unique string, label is known,
-  the image path resolves inside the dataset root (`../`, absolute paths and symlinks out of the
-  root are refused), the file exists, and its header parses. For JPEGs the last KiB must hold the
-  end-of-image marker, which catches truncated files without decoding them (entropy-coded data
-  cannot contain `FF D9`). `verify_images="decode"` decodes every image at setup instead (exact,
-  but slow on large datasets).
+- **Validation at setup** (cheap, every record): id is a non-empty unique string (unique after
+  Unicode normalisation, `ids.py`), label is known, the image path resolves inside the dataset
+  root (`../`, absolute paths and symlinks out of the root are refused), it is a regular file
+  (a directory, FIFO or symlink loop is reported; a FIFO is never opened), and its header
+  parses. For JPEGs the last KiB must hold the end-of-image marker, which catches truncated
+  files without decoding them (entropy-coded data cannot contain `FF D9`).
+  `verify_images="decode"` decodes every image at setup instead (exact, but slow on large
+  datasets).
 - **Safety net at load time**: an image that passed setup but fails to decode in `__getitem__`
   (rare: corrupt entropy data) is dropped from its batch with `on_bad_sample="skip"` and logged
   with its id from the worker; with `"error"` it raises. A batch may therefore hold fewer samples
@@ -18,6 +20,7 @@ are; everything else lives here, once:
   written as `bad_samples.json` into the run directory whenever a trainer calls `setup`);
   `"error"` raises `BadSampleError` with one line at the first bad sample.
 - **Empty text is not bad**: a sample whose text is present but empty is kept with text "".
+  A text over `MAX_TEXT_CHARS` characters is cut there, with a warning (`text_limits.py`).
 
 Batch dict (docs/design.md, section 2), `B` samples, `S = image_size`, `C = num_classes`:
     image          uint8 `(B, 3, S, S)`, RGB, shorter side resized to S (bicubic), centre crop
@@ -53,8 +56,9 @@ from rlrt.cache.resident import (
 from rlrt.engine.files import atomic_write_json
 
 from .cached_batches import CachedBatches, cached_loader, open_cached_split
+from .ids import id_key, same_as
 from .images import IMAGE_ERRORS, load_image, probe_image
-from .reasons import one_line, os_reason, short_repr
+from .reasons import not_a_file, one_line, os_reason, short_repr
 from .records import (
     BadSample,
     BadSampleError,
@@ -64,6 +68,7 @@ from .records import (
     SampleRejected,
 )
 from .resumable import ResumableDataLoader
+from .text_limits import MAX_TEXT_CHARS, cut_text
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +285,12 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def inside_root(self, path: Path) -> Path:
         """Return `path` if it resolves (symlinks followed) inside the root, else raise
-        `SampleRejected("outside dataset root: ...")`."""
-        if not path.resolve().is_relative_to(self.root.resolve()):
+        `SampleRejected("outside dataset root: ...")` (or `"unreadable file: a symlink loop"`)."""
+        try:
+            resolved, root = path.resolve(), self.root.resolve()
+        except RuntimeError as err:  # a symlink loop (Python < 3.13; 3.13 resolves what it can)
+            raise SampleRejected(f"unreadable file: a symlink loop: {path}") from err
+        if not resolved.is_relative_to(root):
             raise SampleRejected(f"outside dataset root: {path}")
         return path
 
@@ -455,7 +464,8 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _build(self, split: str) -> ImageTextDataset:
         records: list[SampleRecord] = []
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # id_key(id) -> the id as read first
+        cut: list[str] = []  # ids of the texts cut to MAX_TEXT_CHARS
         image_reasons: dict[Path, str | None] = {}  # images shared by several samples: check once
         n_bad = len(self.bad_samples)
         for item in self.read_split(split):
@@ -466,7 +476,10 @@ class ImageTextDataModule(L.LightningDataModule):
             if reason is not None:
                 self._reject(split, item.id, reason)
                 continue
-            seen.add(item.id)
+            seen[id_key(item.id)] = item.id
+            if len(item.text) > MAX_TEXT_CHARS:
+                item.text = cut_text(item.text)
+                cut.append(item.id)
             records.append(item)
             if self.limit_samples is not None and len(records) >= self.limit_samples:
                 break
@@ -477,6 +490,12 @@ class ImageTextDataModule(L.LightningDataModule):
                 f"{self.dataset_name} {split}: dropped {len(dropped)} bad sample(s) "
                 f"({', '.join(f'{k}: {n}' for k, n in kinds.most_common())}), kept "
                 f"{len(records)}; ids and reasons in .bad_samples / write_bad_sample_report()"
+            )
+        if cut:
+            rank_zero_warn(
+                f"{self.dataset_name} {split}: cut {len(cut)} text(s) longer than "
+                f"{MAX_TEXT_CHARS:,} characters to that length (the first: {short_repr(cut[0])}); "
+                "the text encoder reads far fewer (data_modules/text_limits.py)"
             )
         rank_zero_info(f"{self.dataset_name} {split}: {len(records)} samples")  # shown by the CLI
         return ImageTextDataset(
@@ -489,13 +508,14 @@ class ImageTextDataModule(L.LightningDataModule):
         )
 
     def _check(
-        self, rec: SampleRecord, seen: set[str], image_reasons: dict[Path, str | None]
+        self, rec: SampleRecord, seen: dict[str, str], image_reasons: dict[Path, str | None]
     ) -> str | None:
-        """Reason why `rec` is bad, or None."""
+        """Reason why `rec` is bad, or None. `seen`: the split's ids so far (`id_key` -> id)."""
         if not isinstance(rec.id, str) or not rec.id:
             return f"invalid id: {short_repr(rec.id)}"
-        if rec.id in seen:
-            return "duplicate id: already read in this split"
+        first = seen.get(id_key(rec.id))
+        if first is not None:
+            return f"duplicate id: already read in this split{same_as(rec.id, first)}"
         if not isinstance(rec.text, str):
             return f"invalid text: {type(rec.text).__name__}"
         labels = rec.label if self.task == "multilabel" else [rec.label]
@@ -517,6 +537,9 @@ class ImageTextDataModule(L.LightningDataModule):
             return f"invalid image path: {os_reason(err)}: {path!s}"
 
     def _check_image_path(self, path: Path) -> str | None:
+        kind = not_a_file(path)  # a FIFO is never opened: reading one would wait for a writer
+        if kind is not None:
+            return f"unreadable image: {kind}, not an image file: {path}"
         try:
             self.inside_root(path)
         except SampleRejected as err:

@@ -3,14 +3,19 @@ that a file is an image at all (header, JPEG end marker)."""
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from .reasons import one_line
+from .reasons import not_a_file, one_line
 
 _JPEG_TAIL = 1024  # bytes searched for the end-of-image marker
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -22,7 +27,7 @@ def load_image(path: Path, size: int, *, draft: bool = True) -> Tensor:
     Returns uint8 `(3, size, size)`. Raises OSError (or another `IMAGE_ERRORS`) on bad files.
     `draft=False` turns off JPEG draft mode (benchmarks compare the two).
     """
-    with Image.open(path) as img:
+    with open_image(path) as (img, _):
         is_jpeg = img.format == "JPEG"
         if draft and is_jpeg:
             img.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
@@ -70,14 +75,49 @@ def probe_image(path: Path) -> str | None:
 
     Returns None when fine, else a reason ("unreadable image: ...").
     """
+    kind = not_a_file(path)
+    if kind is not None:
+        return f"unreadable image: {kind}, not an image file: {path}"
     try:
-        with Image.open(path) as img:
-            fmt = img.format
-        if fmt == "JPEG":
-            with open(path, "rb") as fh:
-                fh.seek(max(0, path.stat().st_size - _JPEG_TAIL))
-                if b"\xff\xd9" not in fh.read():
+        with open_image(path) as (img, handle):
+            if img.format == "JPEG":
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - _JPEG_TAIL))
+                if b"\xff\xd9" not in handle.read():
                     return "unreadable image: truncated JPEG (no end-of-image marker)"
     except IMAGE_ERRORS as err:
         return f"unreadable image: {one_line(err)}"
     return None
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[tuple[Image.Image, BinaryIO]]:
+    """`Image.open` of `path` (lazy: the header is read) and the open file, which must be a
+    regular one (`open_regular`); closed on leaving."""
+    with open_regular(path) as handle:
+        try:
+            img = Image.open(handle)
+        except Image.UnidentifiedImageError as err:  # say the path, not the handle's repr
+            raise Image.UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from err
+        with img:
+            yield img, handle
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading in binary, or OSError when it is no regular file.
+
+    Opened without blocking: a FIFO put where an image was (after the set-up checks, say) would
+    otherwise wait for a writer forever, in a DataLoader worker. A regular file reads as usual.
+    """
+    handle = open(path, "rb", opener=_open_nonblocking)  # noqa: SIM115 - returned open
+    try:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(f"not a regular file: {path}")
+        os.set_blocking(handle.fileno(), True)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)

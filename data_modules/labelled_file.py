@@ -11,11 +11,13 @@ Keys (JSONL: one object per line) or header columns (CSV):
             empty or null: the sample has no image (`image_present=False`).
     text    the text; absent or null (or an empty CSV cell): no text (`text_present=False`);
             an empty JSON string is a present, empty text.
-    label   multiclass: the class name (a JSON integer is read as its decimal string).
+    label   multiclass: the class name (a JSON whole number, `2` or `2.0`, is read as "2").
     labels  multilabel: a JSON list of class names in JSONL; one string joined by
             `label_separator` (default `|`) in CSV, whose empty cell is an empty list. A
             sample without any class is kept with an all-zero label.
-    id      optional, unique per split; default `<file name>:<line number>`.
+    id      optional; default `<file name>:<line number>`. Unique per split (ids equal after
+            Unicode normalisation, NFC, are repeats), and a val or test row may not give an
+            id the train file gives: that sample would be evaluated after training on it.
 
 Other keys are ignored. Decisions:
 - **Splits**: one file per split. Train, val and test files lie in one folder unless
@@ -27,15 +29,18 @@ Other keys are ignored. Decisions:
   is a function of the train file alone. A val/test label outside them is an "unknown label".
 - **Bad rows** are reported with their line number and file (never dropped silently): a line
   that is not JSON or not an object, a CSV row with more fields than its header, a missing,
-  null or ill-typed label, an unknown class, a row with neither image nor text, an image path
-  that is not a string, leaves the image root or names no file. Unreadable images are found by
-  the base's checks (reported under the sample's id, which by default holds the line number).
+  null or ill-typed label, an unknown class (the reason says to list it in `classes`), a
+  repeated id, a row with neither image nor text, an image path that is not a string, leaves
+  the image root, names no file, or names a directory, a FIFO or a symlink loop. Unreadable
+  images are found by the base's checks (reported under the sample's id, which by default
+  holds the line number).
 - **Bad files**: a missing file, a suffix other than `.jsonl` / `.csv`, a CSV that is not UTF-8
   or whose header lacks the label column (or both `image` and `text`) end in one line naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 from collections.abc import Iterator
@@ -44,13 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from .base import SPLITS, ImageTextDataModule, Task
+from .ids import id_key, same_as
 from .pairs import read_rows
-from .reasons import os_reason, short_repr
+from .reasons import not_a_file, os_reason, short_repr
 from .records import DatasetNotFoundError, Rejected, SampleRecord, SampleRejected
 
 LABEL_KEYS: dict[str, str] = {"multiclass": "label", "multilabel": "labels"}
 SUFFIXES = (".jsonl", ".csv")
 _INTEGER = re.compile(r"[+-]?\d+")
+_EXACT_FLOATS = 2.0**53  # beyond it a float is no longer one integer
 
 
 class LabelledFileDataModule(ImageTextDataModule):
@@ -171,7 +178,9 @@ class LabelledFileDataModule(ImageTextDataModule):
         path = self._checked_file(split)
         if path.suffix.lower() == ".csv":
             self._csv_header(path, self.task)  # a missing label column is one line, not one per row
-        seen: dict[str, int] = {}  # id -> line; the base refuses repeats too, without a line
+        # id_key(id) -> (line, id); the base refuses repeats too, without a line
+        seen: dict[str, tuple[int, str]] = {}
+        in_train = {} if split == "train" else self._train_ids
         for line_number, row in read_rows(path):
             where = f"line {line_number} of {path}"
             sample_id = f"{path.name}:{line_number}"
@@ -180,14 +189,37 @@ class LabelledFileDataModule(ImageTextDataModule):
                 continue
             try:
                 sample_id = _row_id(row, sample_id)
-                if sample_id in seen:
-                    raise SampleRejected(f"duplicate id: first at line {seen[sample_id]}")
+                key = id_key(sample_id)
+                if key in seen:
+                    line, first = seen[key]
+                    raise SampleRejected(
+                        f"duplicate id: first at line {line}{same_as(sample_id, first)}"
+                    )
+                if row.get("id") not in (None, "") and key in in_train:
+                    line, first = in_train[key]
+                    raise SampleRejected(
+                        f"duplicate id: also in the train split (line {line} of "
+                        f"{self.files['train']}){same_as(sample_id, first)}: a model is never "
+                        "evaluated on a sample it was trained on; keep each sample in one split"
+                    )
                 record = self._record(row, sample_id, path)
             except SampleRejected as err:
                 yield Rejected(sample_id, f"{err.reason} ({where})")
                 continue
-            seen[sample_id] = line_number
+            seen[key] = (line_number, sample_id)
             yield record
+
+    @cached_property
+    def _train_ids(self) -> dict[str, tuple[int, str]]:
+        """The ids given in the train file's rows (`id_key(id)` -> (line, id)): a val or test
+        sample with one of them is refused. Default ids name a place in a file, not a sample."""
+        ids: dict[str, tuple[int, str]] = {}
+        for line_number, row in read_rows(self._checked_file("train")):
+            if isinstance(row, dict) and row.get("id") not in (None, ""):
+                with contextlib.suppress(SampleRejected):
+                    sample_id = _row_id(row, "")
+                    ids.setdefault(id_key(sample_id), (line_number, sample_id))
+        return ids
 
     def _record(self, row: dict[str, Any], sample_id: str, path: Path) -> SampleRecord:
         """The record of one parsed row, or raise `SampleRejected` with the reason."""
@@ -197,7 +229,10 @@ class LabelledFileDataModule(ImageTextDataModule):
         for name in self._label_names(row, path):
             if name not in self._class_index:
                 origin = "classes" if self.given_classes else "the train file's labels"
-                raise SampleRejected(f"unknown label: {short_repr(name)} is not in {origin}")
+                raise SampleRejected(
+                    f"unknown label: {short_repr(name)} is not in {origin}; to keep such samples,"
+                    " list every class in `classes` (the model then has an output for it)"
+                )
             indices.append(self._class_index[name])
         image, text = row.get("image"), row.get("text")
         if image in (None, "") and text is None:
@@ -240,6 +275,9 @@ class LabelledFileDataModule(ImageTextDataModule):
             raise SampleRejected(f"invalid image: not a path string: {short_repr(image)}")
         path = self.root / image
         try:
+            kind = not_a_file(path)  # only stat: a FIFO is never opened
+            if kind is not None:
+                raise SampleRejected(f"unreadable image: {kind}, not an image file: {path}")
             self.inside_root(path)  # raises SampleRejected("outside dataset root: ...")
             found = path.is_file()
         except (OSError, ValueError) as err:  # a name too long, a NUL byte
@@ -303,12 +341,18 @@ class LabelledFileDataModule(ImageTextDataModule):
 
 
 def _class_name(value: Any, key: str) -> str:
-    """A label value as a class name: a non-empty string (stripped) or an integer."""
+    """A label value as a class name: a non-empty string (stripped) or a whole number (`2` and
+    `2.0` are one JSON number: a column of integers with a gap is written so by pandas)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOATS:
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, str) and value.strip():
         return value.strip()
-    raise SampleRejected(f"invalid label: `{key}` holds {short_repr(value)}, not a class name")
+    raise SampleRejected(
+        f"invalid label: `{key}` holds {short_repr(value)}, not a class name (a string or a "
+        "whole number)"
+    )
 
 
 def _row_id(row: dict[str, Any], default: str) -> str:

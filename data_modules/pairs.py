@@ -33,6 +33,7 @@ from rlrt.engine.checkpoints import read_checkpoint
 from .base import ImageTextDataModule, Task
 from .reasons import json_error, os_reason, short_repr
 from .records import Rejected, SampleRecord
+from .text_limits import MAX_TEXT_CHARS
 
 PAIR_KEYS = ("image", "text", "id")
 
@@ -81,9 +82,20 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
             except StopIteration:
                 return
             except csv.Error as err:  # a field over the size limit, ...: the parser goes on
-                yield reader.line_num, f"malformed row: {err}"
+                # DictReader's line_num is the last good row's; its reader's is this row's
+                yield reader.reader.line_num, f"malformed row: {err}{_csv_hint(err)}"
                 continue
             yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+
+
+def _csv_hint(err: csv.Error) -> str:
+    """What to do about a CSV error, where there is something to say."""
+    if "field limit" in str(err):
+        return (
+            f"; a CSV field holds at most {csv.field_size_limit():,} characters: shorten the "
+            f"text, or write the file as .jsonl (its texts are cut at {MAX_TEXT_CHARS:,})"
+        )
+    return ""
 
 
 def checkpoint_classes(checkpoint: str | Path) -> dict[str, Any]:

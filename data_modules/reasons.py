@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import stat
 from pathlib import Path
 
 
@@ -45,3 +47,29 @@ def os_reason(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror  # "File name too long"
     return one_line(err)  # "embedded null byte"
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def not_a_file(path: Path) -> str | None:
+    """What `path` is when it exists (links followed) but is no regular file ("a directory", "a
+    FIFO (named pipe)", "a symlink loop", ...); None for a regular file or nothing at all.
+
+    Only `stat` is called: a FIFO is never opened (opening one for reading waits for a writer).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        return "a symlink loop" if err.errno == errno.ELOOP else None
+    except ValueError:  # a NUL byte: no file by that name
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
