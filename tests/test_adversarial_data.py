@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_modules import ImageTextDataModule, LabelledFileDataModule
+from data_modules import ImageTextDataModule, LabelledFileDataModule, MMIMDBDataModule
 from data_modules.base import BadSampleError
 from data_modules.fakes.common import jpeg_bytes
+from data_modules.fakes.mmimdb import write_fake_mmimdb
 from data_modules.images import load_image, probe_image
 from data_modules.records import SampleRecord
 from data_modules.text_limits import MAX_TEXT_CHARS
@@ -207,6 +208,24 @@ def test_the_base_reports_a_directory_fifo_or_symlink_loop_of_any_reader(tmp_pat
         assert bad[sample_id].startswith(kind) and names[sample_id] in bad[sample_id]
     with pytest.raises(BadSampleError, match=r"^listed train sample 'dir': unreadable image"):
         listed(tmp_path, records, on_bad_sample="error").dataset("train")
+
+
+def test_mmimdb_json_and_poster_that_are_loops_fifos_or_directories(tmp_path):
+    fake = write_fake_mmimdb(tmp_path / "mmimdb", dirty=False, num_movies=5)
+    folder = fake.root / "dataset"
+    first, second, third = fake.kept["train"][:3]
+    (folder / f"{first}.json").unlink()
+    (folder / f"{first}.json").symlink_to(f"{first}.json")  # the movie's JSON: a loop
+    (folder / f"{second}.jpeg").unlink()
+    os.mkfifo(folder / f"{second}.jpeg")  # its poster: a FIFO
+    (folder / f"{third}.jpeg").unlink()
+    (folder / f"{third}.jpeg").mkdir()  # a directory
+    dm = MMIMDBDataModule(root=str(fake.root), image_size=16)
+    assert [r.id for r in quietly(dm, "train")] == fake.kept["train"][3:]
+    bad = reasons(dm, "train")
+    assert bad[first].startswith("unreadable file: a symlink loop")
+    assert bad[second].startswith("unreadable image: a FIFO (named pipe), not an image file")
+    assert bad[third].startswith("unreadable image: a directory, not an image file")
 
 
 def call_with_timeout(function, path: Path, seconds: float = 4.0):
