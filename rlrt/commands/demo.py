@@ -25,6 +25,12 @@ from rlrt.engine.console import quiet_restores
 from rlrt.engine.files import atomic_write_json
 from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.metrics import is_reported
+from rlrt.reports.demo_reference import (
+    REFERENCE_FILE,
+    comparison_lines,
+    cpu_capability,
+    load_reference,
+)
 from rlrt.reports.tables import markdown_table
 
 DEMO_EPOCHS = 40
@@ -146,11 +152,23 @@ def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
         if complete is not None and all(complete > s for s in singles)
         else "both modalities do NOT beat each single modality on F1-macro"
     )
+    seed = fit.config["fit"]["seed_everything"]
+    capability = cpu_capability()
     print(f"\nTest metrics (%), checkpoint {checkpoint}\n{table}\n{verdict}\n")
+    reference = load_reference(Path(args.configs).parent / REFERENCE_FILE)
+    if reference is not None:
+        print("\n".join(comparison_lines(rows, reference, seed, capability)) + "\n")
     output = Path(args.output)
     atomic_write_json(output / "metrics.json", rows)
     atomic_write_json(
         output / "metrics_runs.json",
-        {"checkpoint": checkpoint, "runs": runs, "protocols": SETTINGS, "verdict": verdict},
+        {
+            "checkpoint": checkpoint,
+            "runs": runs,
+            "protocols": SETTINGS,
+            "verdict": verdict,
+            "seed": seed,
+            "cpu_capability": capability,
+        },
     )
     return rows
