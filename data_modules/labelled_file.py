@@ -300,6 +300,11 @@ class LabelledFileDataModule(ImageTextDataModule):
             found = path.is_file()
         except (OSError, ValueError) as err:  # a name too long, a NUL byte
             raise ValueError(f"{split} file {str(path)!r}: {os_reason(err)}") from err
+        kind = None if found else not_a_file(path)  # only stat: a FIFO is never opened
+        if kind is not None:
+            raise ValueError(
+                f"{split} file {path} is {kind}: give a .jsonl or .csv file (--data.{split} FILE)"
+            )
         if not found:
             hint = f" (the folder {path.parent} does not exist)" if not path.parent.is_dir() else ""
             raise self.not_found(path, f"{split} file", hint)

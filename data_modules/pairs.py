@@ -31,7 +31,7 @@ from typing import Any, Literal
 from rlrt.engine.checkpoints import read_checkpoint
 
 from .base import ImageTextDataModule, Task
-from .reasons import json_error, os_reason, short_repr
+from .reasons import json_error, not_a_file, os_reason, short_repr
 from .records import Rejected, SampleRecord
 from .text_limits import MAX_TEXT_CHARS
 
@@ -173,6 +173,9 @@ class PairsDataModule(ImageTextDataModule):
             found = self.path.is_file()
         except (OSError, ValueError) as err:  # a name too long, a NUL byte
             raise ValueError(f"pairs file {str(self.path)!r}: {os_reason(err)}") from err
+        kind = None if found else not_a_file(self.path)  # only stat: a FIFO is never opened
+        if kind is not None:
+            raise ValueError(f"pairs file {self.path} is {kind}: give a .jsonl or .csv file")
         if not found:
             raise self.not_found(self.path, "pairs file")
         placeholder = [] if self.task == "multilabel" else 0  # unlabelled: never used

@@ -210,6 +210,25 @@ def test_the_base_reports_a_directory_fifo_or_symlink_loop_of_any_reader(tmp_pat
         listed(tmp_path, records, on_bad_sample="error").dataset("train")
 
 
+@pytest.mark.parametrize("kind", ["dir", "fifo", "loop"])
+def test_a_split_file_that_is_a_directory_fifo_or_loop_is_one_line(tmp_path, capsys, kind):
+    rows = [{"id": "a", "text": "x", "label": "p"}]
+    labelled(tmp_path, {"train": rows})
+    val = tmp_path / "val.jsonl"
+    val.unlink()
+    {"dir": val.mkdir, "fifo": lambda: os.mkfifo(val), "loop": lambda: val.symlink_to(val)}[kind]()
+    files = [f"--data.{split}={tmp_path / f'{split}.jsonl'}" for split in SPLITS]
+    config = str(CONFIGS / "data" / "labelled_file.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect-data", "--config", config, *files])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    what = {"dir": "a directory", "fifo": "a FIFO (named pipe)", "loop": "a symlink loop"}[kind]
+    assert err == [
+        f"rlrt: error: val file {val} is {what}: give a .jsonl or .csv file (--data.val FILE)"
+    ]
+
+
 def test_mmimdb_json_and_poster_that_are_loops_fifos_or_directories(tmp_path):
     fake = write_fake_mmimdb(tmp_path / "mmimdb", dirty=False, num_movies=5)
     folder = fake.root / "dataset"
