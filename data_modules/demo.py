@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .fakes.demo import check_sizes, ensure_demo_dataset
+from .fakes.demo import (
+    DEFAULT_SHARED_FRACTION,
+    check_shared_fraction,
+    check_sizes,
+    ensure_demo_dataset,
+)
 from .mmimdb import MMIMDBDataModule
 
 
@@ -18,6 +23,9 @@ class DemoMMIMDBDataModule(MMIMDBDataModule):
         demo_seed: seed of the generator (the training shuffle uses `seed`).
         poster_size: generated posters' (width, height) in px (`image_size` is the model's crop).
         plot_words: generated plots' (min, max) filler words; (128, 160) pass 128 tokens.
+        shared_fraction: fraction of the 23 genres shown by both poster and plot, in [0, 1]
+            (`round(f * 23)` genres; the rest half image-only, half text-only). Another value
+            needs another `root`: a root holds one dataset.
         **kwargs: the `MMIMDBDataModule` arguments (root, text_unit, image_size, ...).
     """
 
@@ -30,12 +38,14 @@ class DemoMMIMDBDataModule(MMIMDBDataModule):
         demo_seed: int = 0,
         poster_size: tuple[int, int] = (96, 144),
         plot_words: tuple[int, int] = (12, 24),
+        shared_fraction: float = DEFAULT_SHARED_FRACTION,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.num_movies = num_movies
         self.demo_seed = demo_seed
         self.poster_size, self.plot_words = check_sizes(poster_size, plot_words, "poster_size")
+        self.shared_fraction = check_shared_fraction(shared_fraction)
 
     def prepare_data(self) -> None:
         ensure_demo_dataset(
@@ -44,6 +54,7 @@ class DemoMMIMDBDataModule(MMIMDBDataModule):
             seed=self.demo_seed,
             image_size=self.poster_size,
             plot_words=self.plot_words,
+            shared_fraction=self.shared_fraction,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -6,6 +6,14 @@ Each modality alone carries only part of the label information, so fusing them s
 - `TEXT_ONLY` genres have plot keywords and nothing on the poster,
 - `BOTH` genres have both.
 
+`shared_fraction` (default 0.3) sets how many of the 23 genres are shown by both modalities:
+`round(shared_fraction * 23)` (0.3 -> 7, 0.33 -> 8, 0.67 -> 15, 1 -> 23); the rest are split
+evenly between image-only and text-only, image-only taking the odd one (`genre_groups`). The
+groups are nested: a genre shared at one fraction stays shared at every larger one. At the
+default they are the three tuples below, and the data is byte for byte what the generator wrote
+before the knob existed. Genres that become text-visible use `EXTRA_KEYWORDS`; with more than
+16 image-visible genres the poster grid is 5x5 instead of 4x4.
+
 Posters (`image_size = (W, H)` px, default 96x144; JPEG): a noisy dark-grey background, 1-3
 neutral-grey distractor shapes, and for each image-visible genre of the movie one element with a
 unique colour, a unique cell of a 4x4 grid and a shape (circle, square, triangle, stripes). The
@@ -64,6 +72,7 @@ TEXT_ONLY = (
     "Family",
 )
 BOTH = ("Drama", "Comedy", "Romance", "Thriller", "Action", "Adventure", "Short")
+DEFAULT_SHARED_FRACTION = 0.3  # round(0.3 * 23) = 7 genres: the split above
 IMAGE_VISIBLE = tuple(g for g in MMIMDB_GENRES if g not in TEXT_ONLY)  # 15, pinned order
 TEXT_VISIBLE = tuple(g for g in MMIMDB_GENRES if g not in IMAGE_ONLY)  # 15, pinned order
 
@@ -83,6 +92,17 @@ KEYWORDS: dict[str, tuple[str, ...]] = {
     "Music": ("band", "guitar", "concert", "album", "singer"),
     "Musical": ("dance", "broadway", "songs", "chorus", "choreography"),
     "Family": ("kids", "parents", "puppy", "grandmother", "siblings"),
+}
+# Keywords of the image-only genres, used only where `shared_fraction` makes them text-visible.
+EXTRA_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "Horror": ("haunted", "ghost", "demon", "zombie", "curse"),
+    "Sci-Fi": ("spaceship", "alien", "robot", "galaxy", "android"),
+    "Fantasy": ("wizard", "dragon", "sorcery", "elves", "enchanted"),
+    "Animation": ("cartoon", "animated", "talking", "toys", "fairytale"),
+    "Western": ("cowboy", "saloon", "sheriff", "outlaw", "ranch"),
+    "War": ("soldiers", "battlefield", "trenches", "platoon", "invasion"),
+    "Sport": ("coach", "championship", "stadium", "tournament", "athlete"),
+    "Film-Noir": ("fedora", "nightclub", "dame", "cigarette", "alibi"),
 }
 FILLER = (
     "a",
@@ -156,7 +176,8 @@ FILLER = (
     "station",
 )
 FILLER_SET = frozenset(FILLER)
-assert not FILLER_SET & {w for ws in KEYWORDS.values() for w in ws}  # keywords stay findable
+ALL_KEYWORDS = {**KEYWORDS, **EXTRA_KEYWORDS}
+assert not FILLER_SET & {w for ws in ALL_KEYWORDS.values() for w in ws}  # keywords findable
 SHAPES = ("circle", "square", "triangle", "stripes")
 GRID = 4
 # Rough MM-IMDB genre counts, the weights of a movie's extra genres.
@@ -205,15 +226,55 @@ PARTNERS = {  # extra-genre weight x3 when the partner is already drawn
 }
 
 
-def _element_spec() -> dict[str, dict[str, Any]]:
+def check_shared_fraction(value: Any) -> float:
+    """`value` as a float in [0, 1]; a ValueError of one line otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(
+            f"shared_fraction must be a number in [0, 1] (the fraction of the 23 genres shown "
+            f"by both poster and plot; default {DEFAULT_SHARED_FRACTION}), got {value!r}"
+        )
+    return float(value)
+
+
+def genre_groups(shared_fraction: float = DEFAULT_SHARED_FRACTION) -> dict[str, tuple[str, ...]]:
+    """`{"image_only", "text_only", "both"}` genre tuples for `shared_fraction`.
+
+    `round(shared_fraction * 23)` genres are shared. Below the default 7, the last genres of
+    `BOTH` leave it, alternately to image-only and text-only; above it, genres of `TEXT_ONLY`
+    and `IMAGE_ONLY` join it alternately (text first), each in its listed order. So image-only
+    holds `ceil(rest / 2)` and text-only `floor(rest / 2)` of the `rest` unshared genres.
+    """
+    n = round(check_shared_fraction(shared_fraction) * len(MMIMDB_GENRES))
+    image, text, both = list(IMAGE_ONLY), list(TEXT_ONLY), list(BOTH)
+    for k in range(len(BOTH) - n):  # demote from the end of BOTH: image, text, image, ...
+        (image if k % 2 == 0 else text).append(both.pop())
+    for k in range(n - len(BOTH)):  # promote: text, image, text, ...
+        both.append((text if k % 2 == 0 else image).pop(0))
+    return {"image_only": tuple(image), "text_only": tuple(text), "both": tuple(both)}
+
+
+def _visible(groups: dict[str, tuple[str, ...]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(image-visible, text-visible) genres, each in MM-IMDB's pinned order."""
+    image = tuple(g for g in MMIMDB_GENRES if g not in groups["text_only"])
+    text = tuple(g for g in MMIMDB_GENRES if g not in groups["image_only"])
+    return image, text
+
+
+def _grid(image_visible: tuple[str, ...]) -> int:
+    """Side of the poster's cell grid: 4 (16 cells) unless more genres must be drawn."""
+    return GRID if len(image_visible) <= GRID * GRID else GRID + 1
+
+
+def _element_spec(image_visible: tuple[str, ...] = IMAGE_VISIBLE) -> dict[str, dict[str, Any]]:
     """Colour (RGB), grid cell (row, col) and shape of each image-visible genre."""
     spec = {}
-    for i, genre in enumerate(IMAGE_VISIBLE):
-        r, g, b = colorsys.hsv_to_rgb(i / len(IMAGE_VISIBLE), 1.0, 1.0 if i % 2 == 0 else 0.7)
-        cell = (i * 7) % (GRID * GRID)  # 7 is coprime with 16: distinct cells, hues spread out
+    grid = _grid(image_visible)
+    for i, genre in enumerate(image_visible):
+        r, g, b = colorsys.hsv_to_rgb(i / len(image_visible), 1.0, 1.0 if i % 2 == 0 else 0.7)
+        cell = (i * 7) % (grid * grid)  # 7 is coprime with 16 and 25: distinct cells
         spec[genre] = {
             "colour": [round(255 * r), round(255 * g), round(255 * b)],
-            "cell": [cell // GRID, cell % GRID],
+            "cell": [cell // grid, cell % grid],
             "shape": SHAPES[i % len(SHAPES)],
         }
     return spec
@@ -268,8 +329,10 @@ def _plot(
     genres: list[str],
     prng: random.Random | None = None,
     plot_words: tuple[int, int] = DEFAULT_PLOT_WORDS,
+    text_visible: tuple[str, ...] = TEXT_VISIBLE,
 ) -> tuple[str, list[str], list[str]]:
-    """One plot; returns (text, genres whose keywords it holds, decoy genres).
+    """One plot; returns (text, genres whose keywords it holds, decoy genres). Only the genres of
+    `text_visible` have keywords in it.
 
     `rng` always draws a plot of `DEFAULT_PLOT_WORDS` filler words (the same draws whatever the
     sizes, so that later movies do not change); with `prng`, its filler words are then replaced
@@ -279,17 +342,18 @@ def _plot(
     words = [rng.choice(FILLER) for _ in range(rng.randint(*DEFAULT_PLOT_WORDS))]
     shown, decoys = [], []
     for genre in genres:
-        if genre not in KEYWORDS:
+        if genre not in text_visible:
             continue
-        picked = [w for w in rng.sample(KEYWORDS[genre], rng.randint(1, 3)) if rng.random() > 0.15]
+        keywords = ALL_KEYWORDS[genre]
+        picked = [w for w in rng.sample(keywords, rng.randint(1, 3)) if rng.random() > 0.15]
         if picked:
             shown.append(genre)
         for word in picked:
             words.insert(rng.randrange(len(words) + 1), word)
     if rng.random() < 0.05:
-        decoy = rng.choice([g for g in TEXT_VISIBLE if g not in genres])
+        decoy = rng.choice([g for g in text_visible if g not in genres])
         decoys.append(decoy)
-        words.insert(rng.randrange(len(words) + 1), rng.choice(KEYWORDS[decoy]))
+        words.insert(rng.randrange(len(words) + 1), rng.choice(ALL_KEYWORDS[decoy]))
     if prng is not None:
         keywords = [w for w in words if w not in FILLER_SET]
         words = [prng.choice(FILLER) for _ in range(prng.randint(*plot_words))]
@@ -332,7 +396,7 @@ def _poster(
         grey = rng.randint(90, 200)
         _shape(draw, rng.choice(SHAPES), (x, y, x + s, y + s), (grey, grey, grey))
     side = min(w, h)
-    ox, oy, cell = (w - side) / 2, (h - side) / 2, side / GRID
+    ox, oy, cell = (w - side) / 2, (h - side) / 2, side / _grid(tuple(spec))
     drawn = []
     for genre in genres:
         if genre not in spec or rng.random() < 0.1:
@@ -353,25 +417,29 @@ def write_demo_dataset(
     seed: int = 0,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     plot_words: tuple[int, int] = DEFAULT_PLOT_WORDS,
+    shared_fraction: float = DEFAULT_SHARED_FRACTION,
 ) -> dict[str, Any]:
     """Write a synthetic MM-IMDB under `root` (must not exist or be empty); returns its metadata.
 
     Layout: `split.json` (train/dev/test ~ 70/10/20), `dataset/<7-digit id>.json` (`plot`,
     `genres`, `title`, `year`, `director`), `dataset/<id>.jpeg` posters of `image_size = (W, H)`
     px, and `demo_meta.json`. Each plot has `plot_words = (min, max)` filler words (inclusive)
-    plus its keywords. Deterministic in `seed`; the sizes change only poster pixels and plot
-    lengths, not genres or split. Written to a temporary sibling folder and renamed into place,
-    so a half-written dataset never appears at `root`.
+    plus its keywords. `shared_fraction` sets the genre groups (`genre_groups`). Deterministic
+    in `seed`; the sizes change only poster pixels and plot lengths, not genres or split.
+    Written to a temporary sibling folder and renamed into place, so a half-written dataset
+    never appears at `root`.
     """
     root = Path(root)
     if num_movies < 3:
         raise ValueError(f"num_movies must be >= 3 (one per split), got {num_movies}")
     image_size, plot_words = check_sizes(image_size, plot_words)
+    groups = genre_groups(shared_fraction)
+    image_visible, text_visible = _visible(groups)
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     # Plots of other lengths: filler from a stream of their own, `rng`'s draws stay the same.
     prng = None if plot_words == DEFAULT_PLOT_WORDS else random.Random(f"demo-plots-{seed}")
-    spec = _element_spec()
+    spec = _element_spec(image_visible)
     ids = [f"{i:07d}" for i in rng.sample(range(100_000, 5_000_000), num_movies)]
     order: list[str] = []
     movies: dict[str, dict[str, Any]] = {}
@@ -387,7 +455,7 @@ def write_demo_dataset(
             genres = _draw_genres(rng, order)
             plots, shown, decoys = [], [], []
             for _ in range(2 if rng.random() < 0.25 else 1):
-                text, s, d = _plot(rng, genres, prng, plot_words)
+                text, s, d = _plot(rng, genres, prng, plot_words, text_visible)
                 plots.append(text)
                 shown.append(s)
                 decoys.append(d)
@@ -422,12 +490,9 @@ def write_demo_dataset(
             "seed": seed,
             "image_size": list(image_size),
             "plot_words": list(plot_words),
-            "groups": {
-                "image_only": list(IMAGE_ONLY),
-                "text_only": list(TEXT_ONLY),
-                "both": list(BOTH),
-            },
-            "keywords": {g: list(v) for g, v in KEYWORDS.items()},
+            # the groups record shared_fraction (a new key would change the default's bytes)
+            "groups": {name: list(genres) for name, genres in groups.items()},
+            "keywords": {g: list(v) for g, v in ALL_KEYWORDS.items() if g in text_visible},
             "elements": spec,
             "movies": movies,
         }
@@ -450,19 +515,23 @@ def ensure_demo_dataset(
     seed: int = 0,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     plot_words: tuple[int, int] = DEFAULT_PLOT_WORDS,
+    shared_fraction: float = DEFAULT_SHARED_FRACTION,
 ) -> None:
     """Generate the demo dataset at `root` unless a complete one is there.
 
     A root with `split.json` counts as complete (a real MM-IMDB is used as is); a demo dataset
     generated with other settings is an error, as is a non-empty root without `split.json`.
-    A `demo_meta.json` without `image_size`/`plot_words` (older generator) has the defaults.
+    A `demo_meta.json` without `image_size`/`plot_words` (older generator) has the defaults;
+    its `groups` say which `shared_fraction` wrote it.
     """
     root = Path(root)
     image_size, plot_words = check_sizes(image_size, plot_words)
+    groups = {name: list(genres) for name, genres in genre_groups(shared_fraction).items()}
     want = {
         "generator_version": GENERATOR_VERSION,
         "num_movies": num_movies,
         "seed": seed,
+        "shared genres": len(groups["both"]),
         "image_size": list(image_size),
         "plot_words": list(plot_words),
     }
@@ -474,7 +543,12 @@ def ensure_demo_dataset(
             )
         try:
             write_demo_dataset(
-                root, num_movies=num_movies, seed=seed, image_size=image_size, plot_words=plot_words
+                root,
+                num_movies=num_movies,
+                seed=seed,
+                image_size=image_size,
+                plot_words=plot_words,
+                shared_fraction=shared_fraction,
             )
             return
         except OSError:
@@ -485,7 +559,8 @@ def ensure_demo_dataset(
         meta = json.loads(meta_path.read_text("utf-8"))
         defaults = {"image_size": list(DEFAULT_IMAGE_SIZE), "plot_words": list(DEFAULT_PLOT_WORDS)}
         have = {k: meta.get(k, defaults.get(k)) for k in want}
-        if have != want:
+        have["shared genres"] = len(meta.get("groups", {}).get("both", BOTH))
+        if have != want or meta.get("groups", groups) != groups:
             raise ValueError(
                 f"demo data: {root} was generated with {_settings(have)}, not {_settings(want)}; "
                 f"delete it or choose another root"

@@ -9,7 +9,9 @@ Every step is an ordinary `rlrt` command on the shipped configs: the data module
 synthetic dataset on first use, `rlrt cache` runs the frozen encoders once (the cache is reused
 by later demos while the config is unchanged), and `rlrt fit` / `rlrt test` train and evaluate
 from the cached features — which makes `DEMO_EPOCHS` epochs cost seconds. Extra arguments are
-passed to every run, e.g. `rlrt demo --trainer.max_epochs=2`.
+passed to every run, e.g. `rlrt demo --trainer.max_epochs=2`. `--shared_fraction F` generates
+demo data in which round(23 F) genres are shown by both poster and plot (default 0.3: the
+shipped split), in a root of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import math
 from pathlib import Path
 
+from data_modules.fakes.demo import check_shared_fraction, genre_groups
 from rlrt.cache.format import STORAGE_DTYPES
 from rlrt.commands.cache import run_cache
 from rlrt.engine.console import quiet_restores
@@ -70,6 +73,23 @@ def inside_fit_run(fit_run: str | None, setting: str) -> list[str]:
     return [f"--trainer.logger={json.dumps(logger)}"]
 
 
+def shared_fraction_args(text: str | None) -> list[str]:
+    """The data overrides of `--shared_fraction`: the fraction and, for any split but the
+    shipped one, a data root of its own (one root holds one dataset)."""
+    if text is None:
+        return []
+    try:
+        fraction = check_shared_fraction(float(text))
+    except ValueError:
+        raise ValueError(
+            f"rlrt demo: --shared_fraction must be a number in [0, 1], got {text!r}"
+        ) from None
+    args = [f"--data.init_args.shared_fraction={fraction}"]
+    if genre_groups(fraction) != genre_groups():
+        args.append(f"--data.init_args.root=data/demo_mmimdb_shared{fraction:g}")
+    return args
+
+
 def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(prog="rlrt demo", description=__doc__, allow_abbrev=False)
     parser.add_argument("--configs", default="configs", help="folder holding the shipped configs")
@@ -94,6 +114,12 @@ def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
         help="how the cache stores the features (`rlrt cache --storage_dtype`): int8 takes half "
         "the disk",
     )
+    parser.add_argument(
+        "--shared_fraction",
+        default=None,
+        help="fraction of the 23 genres both poster and plot show, in [0, 1] (default 0.3, the "
+        "shipped split; another value gets its own data root)",
+    )
     args, overrides = parser.parse_known_args(argv)
     configs = []
     for group in ("trainer", "data", "model"):
@@ -102,7 +128,11 @@ def run_demo(argv: list[str]) -> dict[str, dict[str, float]]:
     configs += ["--config", str(model_config)]
     cache = Path(args.cache) if args.cache else Path(args.output) / "cache"
     # user overrides come last, so they win over the demo's own
-    overrides = [f"--trainer.max_epochs={DEMO_EPOCHS}", *overrides]
+    overrides = [
+        f"--trainer.max_epochs={DEMO_EPOCHS}",
+        *shared_fraction_args(args.shared_fraction),
+        *overrides,
+    ]
     # the demo's cache is its own derived data: rebuilt when the demo's config changes
     run_cache(
         [
