@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: help install demo test test-all lint format clean bench bench-paper bench-data robustness robustness-evidence robustness-evidence-random-vit cca-evidence ablations reproduce-table1
+.PHONY: help install demo test test-all lint format clean bench bench-paper bench-data robustness robustness-evidence robustness-evidence-random-vit evidence-shared cca-evidence ablations reproduce-table1
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ robustness-evidence: install ## RLRT vs late fusion vs modality dropout on the d
 robustness-evidence-random-vit: install ## the same grid with the random ViT image encoder (~20 min) -> docs/robustness/random_vit/
 	$(OFFLINE) $(BIN)/rlrt compare --config configs/trainer/demo.yaml --config configs/data/demo.yaml --config configs/model/demo.yaml --trainer.max_epochs=40 --variants=full,late_fusion,modality_dropout --train_seeds=0,1,2 --seeds=0,1 --output=docs/robustness/random_vit --workdir=results/evidence
 
+evidence-shared: install ## when does RLRT help? 4 models x shared_fraction 0/0.33/0.67/1 x 3 training seeds x 2 protocol seeds, MobileNetV2 + MiniLM, re-entrant, a cut run goes on (about 45 min on 2 busy cores) -> docs/evidence/shared_fraction.{csv,md,png}
+	$(OFFLINE) $(BIN)/rlrt shared-fraction --config configs/trainer/demo.yaml --config configs/data/demo.yaml --config configs/model/demo.yaml --config configs/model/demo_mobilenet.yaml --trainer.max_epochs=40 --fractions=0,0.33,0.67,1 --variants=full,modality_dropout,late_fusion,late_fusion_dropout --train_seeds=0,1,2 --seeds=0,1 --output=docs/evidence --workdir=results/evidence_shared --data_root=data/demo_shared
+
 cca-evidence: install ## L_CCA's weight beta (0 = no_cca) x 3 training seeds on the demo data: held-out cca_corr and F1 (~10 min) -> docs/cca/beta.{md,csv}
 	$(OFFLINE) $(BIN)/rlrt ablations --sweep configs/sweeps/cca.yaml --output docs/cca/beta
 
@@ -56,4 +59,4 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 clean: ## remove generated demo data and results (keeps .venv)
-	rm -rf data/demo_mmimdb results/demo results/evidence results/cca runs
+	rm -rf data/demo_mmimdb data/demo_shared results/demo results/evidence results/evidence_shared results/cca runs

@@ -35,6 +35,11 @@ COMMANDS = {
     ),
     "compare": ("compare", "run_compare", "train RLRT and baselines, then compare robustness"),
     "ablations": ("ablations", "run_ablations", "run the ablation grid, one run per variant"),
+    "shared-fraction": (
+        "shared_fraction",
+        "run_shared_fraction",
+        "RLRT vs fair baselines on demo data with more or less shared information",
+    ),
     "reproduce-table1": (
         "reproduce",
         "run_reproduce_table1",
