@@ -14,7 +14,8 @@ cheap checks of `SplitCacheReader`); `--verify` checks every row of every split 
 `--storage_dtype int8` stores the features in 8 bits with one scale per feature vector (about
 half the disk of float16, see `rlrt.cache.format`); readers follow the cache's manifest. Before
 encoding anything the command estimates the bytes still to write and refuses, in one line, a
-cache that would not fit on its disk; nothing is left behind then.
+cache that would not fit on its disk; nothing is left behind then. Stopped by Ctrl-C, it says so
+in one line (exit status 130); the same command again resumes the build.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from rlrt.cache.format import (
     verify_split,
 )
 from rlrt.cache.sources import split_sources
+from rlrt.engine.errors import interrupt_of
 from rlrt.engine.lightning_cli import RLRTCLI, parse_only
 
 
@@ -123,6 +125,14 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
             for folder in created:
                 with contextlib.suppress(OSError):  # not empty: something else wrote there
                     folder.rmdir()
+        raise
+    except (KeyboardInterrupt, SystemExit) as stop:
+        interrupt = interrupt_of(stop)
+        if interrupt is not None:  # rows are flagged done only once flushed; no manifest yet
+            interrupt.rlrt_hint = (
+                f"the feature cache {cache_dir} is not complete; run the same command again to "
+                "finish it (the rows already written are kept)"
+            )
         raise
 
 

@@ -7,6 +7,8 @@ or learn from are left out, each named here with the reason; everything else Lig
 - "Seed set to N", at every command: the seed is in the run's `config.yaml`;
 - "Loading `train_dataloader` to estimate number of stepping batches": the learning-rate schedule
   asks for the number of steps; an implementation detail;
+- "Detected KeyboardInterrupt, attempting graceful shutdown ...": after Ctrl-C `rlrt` says
+  itself, in one line, that the command was interrupted and what to do next;
 - the warnings that the frozen encoders are in eval mode at the start of training (they are, on
   purpose) and Lightning's own use of a deprecated torch `_pytree` API (Lightning's to fix).
 
@@ -31,6 +33,7 @@ NOT_NEWS = (
     "TPU available: False",
     "HPU available: False",
     "Loading `train_dataloader` to estimate number of stepping batches",
+    "\nDetected KeyboardInterrupt",
 )
 RESTORE_LINES = ("Restoring states from the checkpoint path at", "Loaded model weights from")
 

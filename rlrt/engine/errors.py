@@ -1,5 +1,6 @@
 """User errors end in one line on stderr and exit status 2; `--debug` shows the traceback.
-A run stopped by SIGTERM ends in one line too, with exit status 143.
+A run stopped by SIGTERM ends in one line too, with exit status 143; one stopped by Ctrl-C
+(SIGINT) in one line with exit status 130, also when Lightning caught it first.
 
 A user error is one the user can fix: a missing dataset root or model folder, an unknown config
 key or a wrong type, a checkpoint that is corrupted or belongs to another config, a run directory
@@ -95,10 +96,11 @@ def run_reporting_errors(command: Callable[[list[str]], T], argv: list[str], nam
     argv, debug = split_debug_flag(argv)
     try:
         return command(argv)
-    except KeyboardInterrupt:
-        if debug:
+    except (KeyboardInterrupt, SystemExit) as stop:
+        interrupt = interrupt_of(stop)
+        if debug or interrupt is None:
             raise
-        print("rlrt: interrupted", file=sys.stderr)
+        print(interrupted_message(interrupt), file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
     except SIGTERMException as stop:  # a SystemExit with status 0: make it say and fail
         print(terminated_message(stop), file=sys.stderr)
@@ -109,6 +111,22 @@ def run_reporting_errors(command: Callable[[list[str]], T], argv: list[str], nam
             raise
         print(f"rlrt: error: {message}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+
+
+def interrupt_of(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C behind `error`: the `KeyboardInterrupt` itself, or the one Lightning turned into
+    `sys.exit(1)` after its graceful shutdown (the `SystemExit` raised while handling it)."""
+    if isinstance(error, KeyboardInterrupt):
+        return error
+    if isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt):
+        return error.__context__
+    return None
+
+
+def interrupted_message(interrupt: BaseException) -> str:
+    """The one line for Ctrl-C, with what to do next when the command said (`rlrt_hint`)."""
+    hint = getattr(interrupt, "rlrt_hint", None)
+    return f"rlrt: interrupted (Ctrl-C); {hint}" if hint else "rlrt: interrupted (Ctrl-C)"
 
 
 def terminated_message(stop: BaseException) -> str:

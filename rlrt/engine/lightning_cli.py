@@ -29,10 +29,12 @@ from rlrt.engine.moved import upgrade_config_args
 from rlrt.engine.resume import ExactResume, SaveOnTerminate
 from rlrt.engine.run_folders import (
     NoOverwriteSaveConfig,
+    claim_run_dirs,
     discard_unused_run_dir,
     last_checkpoint_folders,
     last_checkpoint_folders_of_config,
     refuse_used_run_dir,
+    self_versioned_loggers,
 )
 from rlrt.engine.threads import choose_threads
 from rlrt.losses import check_cca_window
@@ -45,6 +47,7 @@ class RLRTCLI(LightningCLI):
     Reliability (see README, "Reliability"):
     - parse errors raise `ArgumentError` (`main` prints them as one line) instead of a usage dump;
     - every run writes into a new run directory and refuses to reuse one (`NoOverwriteSaveConfig`);
+      it is created before anything runs (`claim_run_dirs`), so runs started at once get one each;
     - `--ckpt_path last` is the newest intact `last*.ckpt` of any earlier run of the logger's
       directory (a resumed run gets its own directory; a truncated one is skipped, saying so);
       a `fit` stopped by SIGTERM saves `last.ckpt` first and exits with 143; checkpoints load
@@ -57,6 +60,7 @@ class RLRTCLI(LightningCLI):
     """
 
     _intact_checkpoint: str | None = None  # the `--ckpt_path last` found, read intact
+    _claimed_run_dirs: list[Path] = []  # the run directories `claim_run_dirs` created
 
     def __init__(self, *args, **kwargs) -> None:
         quiet_lightning()
@@ -148,6 +152,8 @@ class RLRTCLI(LightningCLI):
                 written = getattr(callback, "written_run_dir", None)
                 if isinstance(callback, NoOverwriteSaveConfig) and written is not None:
                     discard_unused_run_dir(written)
+            for claimed in self._claimed_run_dirs:  # made by `claim_run_dirs`, maybe still empty
+                discard_unused_run_dir(claimed)
             raise
 
     def _parse_ckpt_path(self) -> None:
@@ -161,6 +167,7 @@ class RLRTCLI(LightningCLI):
         one line, before any work)."""
         if not self.subcommand:
             return
+        self_versioned = self_versioned_loggers(self.trainer)
         if self.save_config_callback is not None:
             refuse_used_run_dir(self.trainer)  # before the data module writes its report there
         config = self.config_init[self.subcommand]
@@ -170,6 +177,8 @@ class RLRTCLI(LightningCLI):
             config.ckpt_path = self._last_checkpoint()
         if config.get("ckpt_path") not in (None, "best", "hpc", self._intact_checkpoint):
             read_checkpoint(config.ckpt_path)  # `last` was read when it was chosen
+        if self.save_config_callback is not None:  # last: nothing after it refuses the run
+            self._claimed_run_dirs = claim_run_dirs(self_versioned)
 
     def _last_checkpoint(self, folders: list[Path] | None = None) -> str | None:
         folders = last_checkpoint_folders(self.trainer) if folders is None else folders

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,50 @@ def refuse_used_run_dir(trainer: Trainer, marker: str = "config.yaml") -> None:
     run_dir = Path(trainer.log_dir or ".")
     if (run_dir / marker).is_file():
         raise used_run_dir_error(run_dir, marker)
+
+
+def self_versioned_loggers(trainer: Trainer) -> list[Any]:
+    """The trainer's loggers that choose the next free `version_N` themselves (no `version`
+    given), before any has chosen; pass them to `claim_run_dirs`."""
+    return [
+        logger
+        for logger in trainer.loggers
+        if getattr(logger, "_version", "") is None and getattr(logger, "_experiment", None) is None
+    ]
+
+
+def claim_run_dirs(loggers: list[Any]) -> list[Path]:
+    """Create the run directory `version_N` of each of `loggers` (`self_versioned_loggers`)
+    now, exclusively, moving on to `N + 1` when another run created it first: two runs started
+    at once into one logger directory then get two directories, never one shared (a logger
+    chooses its version by listing the folder, and creates the directory only when the run
+    first writes there). Returns the directories created. Only the launching process claims
+    (the other processes of a launched job use rank zero's directory)."""
+    if _launched_worker():
+        return []
+    claimed = []
+    for logger in loggers:
+        version = logger.version
+        while isinstance(version, int):
+            logger._version = version
+            run_dir = Path(logger.log_dir)
+            if run_dir.name != f"version_{version}":  # another layout (a sub_dir): left alone
+                break
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir()
+            except FileExistsError:  # another run took it since the folder was listed
+                version += 1
+                continue
+            claimed.append(run_dir)
+            break
+    return claimed
+
+
+def _launched_worker() -> bool:
+    """Whether this process is a non-zero rank that a launcher (Lightning's, torchrun) started."""
+    ranks = (os.environ.get(name, "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    return any(rank.strip() not in ("", "0") for rank in ranks)
 
 
 class NoOverwriteSaveConfig(SaveConfigCallback):
