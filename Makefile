@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: help install demo test test-all lint format clean bench bench-paper bench-data robustness robustness-evidence robustness-evidence-random-vit evidence-shared cca-evidence ablations reproduce-table1
+.PHONY: help install demo test test-all lint format clean bench bench-paper bench-data robustness robustness-evidence robustness-evidence-random-vit evidence-shared demo-spread cca-evidence ablations reproduce-table1
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -15,6 +15,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt Makefile
 
 demo: install ## generate the demo data if absent, fit, test complete / missing image / missing text
 	$(OFFLINE) $(BIN)/rlrt demo
+
+demo-spread: install ## the demo's spread: training seeds 0-4 on this CPU's kernels and on AVX2 kernels, resumable (about 15 min) -> docs/demo/reference.{json,md}
+	$(OFFLINE) $(BIN)/python -m rlrt.reports.demo_spread
 
 test: install ## fast offline CPU tests
 	$(OFFLINE) $(BIN)/pytest -q
