@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from rlrt.basis import ones_complement_basis
+
 # A view whose average per-column variance is below this fraction of its mean square is constant
 # for CCA's purposes: its correlations are noise and their gradient scales as 1 / its spread.
 RELATIVE_VARIANCE_FLOOR = 1e-6
@@ -95,15 +97,27 @@ def _centred_covariances(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return x.mT @ x / n, y.mT @ y / n, x.mT @ y / n
 
 
-def _weighted_covariances(x: Tensor, y: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """`(..., B, d_x), (..., B, d_y), (B,)` 0/1 weights -> `S_xx, S_yy, S_xy` of the weighted
-    samples, centred on their mean and divided by their count (all zero when none counts): the
-    covariances of the selected samples, `_centred_covariances(x[..., keep, :], ...)`."""
+def _covariances_about(
+    x: Tensor, y: Tensor, weight: Tensor, centre_x: Tensor, centre_y: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`(..., B, d_x), (..., B, d_y), (B,)` 0/1 weights, centres `(..., d_x), (..., d_y)` ->
+    `S_xx, S_yy, S_xy` of the weighted samples about the given centres, divided by their count
+    (all zero when none counts): those of the selected samples `x[..., keep, :]`.
+
+    `RunningCCALoss` centres a batch on the (detached) running means: then the batch's gradient
+    is exactly `1 / w` times the derivative of the running covariances (docs/design.md)."""
     count = weight.sum().clamp(min=1.0)
     w = weight[:, None]
-    x = (x - (x * w).sum(-2, keepdim=True) / count) * w
-    y = (y - (y * w).sum(-2, keepdim=True) / count) * w
+    x = (x - centre_x[..., None, :]) * w
+    y = (y - centre_y[..., None, :]) * w
     return x.mT @ x / count, y.mT @ y / count, x.mT @ y / count
+
+
+def _world_size() -> int:
+    """The number of DDP processes (1 without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
 
 
 def _correlations_or_zero(
@@ -199,13 +213,20 @@ class RunningCCALoss(nn.Module):
     average until `window` samples have been seen, then a window of about `window` samples).
 
     - value: the canonical correlations of the running covariances, this batch included;
-    - gradient: through this batch's own covariances, `dC/dS (at the running S) * dS_batch`, a
-      stochastic estimate of the gradient of the correlations over the whole window whose size does
-      not depend on `B` (the true derivative of the running value would be `w` times smaller).
+    - gradient: through this batch's own covariances about the running means,
+      `dC/dS (at the running S) * dS_batch`: exactly `1 / w` times the derivative of the running
+      value, so its size does not depend on `B` (docs/design.md says what it is not: unbiased
+      for the population's correlations).
 
     Until `warmup_samples` samples have been seen the loss is zero (the statistics still fill).
     Under DDP the detached batch moments are summed over the processes, so every process holds the
-    same running statistics; the gradient stays each process's own and DDP averages it.
+    same running statistics; each process's gradient is weighted by its share of the step's
+    samples that count (`world * n_p / N`), so that DDP's average is the gradient one process
+    would compute on the whole step's batch.
+
+    With `drop_constant` the ones direction is removed from both views first (`d - 1`
+    directions, `rlrt.alignment.ones_complement_basis`): MoLT's LayerNorm makes one direction of
+    `h` constant, and its correlation, always 0, would cap the mean at `(d - 1) / d`.
 
     Outside training (`eval()`) the running statistics are left alone and the loss is computed on
     the batch alone.
@@ -216,6 +237,7 @@ class RunningCCALoss(nn.Module):
         r: relative ridge. top_k: average only the `k` largest correlations.
         warmup_samples: samples to see before the loss starts; default `minimum_samples(dim)`,
             capped at `window`.
+        drop_constant: remove the ones direction from both views (see above).
     """
 
     def __init__(
@@ -227,15 +249,22 @@ class RunningCCALoss(nn.Module):
         r: float = 1e-3,
         top_k: int | None = None,
         warmup_samples: int | None = None,
+        drop_constant: bool = False,
     ) -> None:
         super().__init__()
         if window < 1:
             raise ValueError(f"the CCA window must be a positive number of samples, got {window}")
-        if top_k is not None and not 1 <= top_k <= dim:
-            raise ValueError(f"cca_top_k must be in [1, common_dim={dim}], got {top_k}")
+        directions = dim - int(drop_constant)
+        if top_k is not None and not 1 <= top_k <= directions:
+            raise ValueError(
+                f"cca_top_k must be in [1, {directions}] (common_dim={dim}"
+                + (", less the constant direction of the LayerNorm" if drop_constant else "")
+                + f"), got {top_k}"
+            )
         self.window = window
         self.r = r
         self.top_k = top_k
+        self.drop_constant = drop_constant
         default_warmup = min(minimum_samples(dim), window)
         self.warmup_samples = default_warmup if warmup_samples is None else warmup_samples
         f64 = torch.float64
@@ -267,9 +296,10 @@ class RunningCCALoss(nn.Module):
         self._known_active = False
 
     @torch.no_grad()
-    def _update(self, x: Tensor, y: Tensor, weight: Tensor) -> None:
+    def _update(self, x: Tensor, y: Tensor, weight: Tensor) -> Tensor:
         """Fold the detached batch `(L, B, d)`, its samples weighted by `weight` `(B,)` (1 for the
         samples that count, 0 for the others), into the moments; the sums over DDP processes.
+        Returns the step's number of samples that count, over every process.
 
         Tensor ops only: a batch with no sample that counts leaves the moments as they are
         without the host asking the device how many there were."""
@@ -287,6 +317,7 @@ class RunningCCALoss(nn.Module):
         ):
             buffer.mul_(1 - share).add_(share * total / count.clamp(min=1.0))
         self.seen += count
+        return count
 
     @property
     def active(self) -> bool:
@@ -310,10 +341,19 @@ class RunningCCALoss(nn.Module):
             self.second_xy - mx[..., :, None] * my[..., None, :],
         )
 
+    def _project(self, matrices: tuple[Tensor, ...], means: tuple[Tensor, Tensor]):  # noqa: ANN202
+        """Covariances `(L, d, d)` and means `(L, d)` without the ones direction (`d - 1`), or
+        as they are without `drop_constant`."""
+        if not self.drop_constant:
+            return matrices, means
+        q = ones_complement_basis(means[0].shape[-1], means[0].dtype, means[0].device)
+        return tuple(q.T @ m @ q for m in matrices), tuple(m @ q for m in means)
+
     def forward(self, x: Tensor, y: Tensor, present: Tensor | None = None) -> Tensor:
         """x, y: `(L_s, B, d)` -> float64 scalar in `[0, 1]`: one minus the mean correlation,
         averaged over layers; 0 (no gradient) while the statistics fill (`active` is False) and
-        for a batch with fewer than 2 samples that count.
+        for a batch with fewer than 2 samples that count (under DDP: the value is 0 on a process
+        with fewer than 2, the gradient on every process when the step has fewer than 2 in all).
 
         `present` `(B,)` bool marks the samples that count (those with both modalities); None:
         all. They are weighted, not selected: selecting by a mask needs the host to learn how many
@@ -331,15 +371,27 @@ class RunningCCALoss(nn.Module):
             x, y = x[:, present], y[:, present]
             if x.shape[1] < 2:
                 return x.new_zeros(())
+            if self.drop_constant:
+                q = ones_complement_basis(x.shape[-1], x.dtype, x.device)
+                x, y = x @ q, y @ q
             return 1.0 - mean_correlation(canonical_correlations(x, y, self.r), self.top_k).mean()
         weight = present.to(torch.float64)
-        self._update(x.detach(), y.detach(), weight)
+        pooled = self._update(x.detach(), y.detach(), weight)
         if not self.active:
             return x.sum() * 0.0  # zero, in the graph
-        batch = _weighted_covariances(x, y, weight)
+        # About the running means (detached, this batch included): the gradient is then exactly
+        # 1 / w times the derivative of the running covariances.
+        batch = _covariances_about(x, y, weight, self.mean_x, self.mean_y)
         running = self.running_covariances()
         # The running value, with the batch covariances' gradient.
-        s_xx, s_yy, s_xy = (r + (b - b.detach()) for r, b in zip(running, batch))
-        correlations = _correlations_or_zero(s_xx, s_yy, s_xy, self.mean_x, self.mean_y, self.r)
+        matrices = tuple(r + (b - b.detach()) for r, b in zip(running, batch))
+        (s_xx, s_yy, s_xy), (mean_x, mean_y) = self._project(matrices, (self.mean_x, self.mean_y))
+        correlations = _correlations_or_zero(s_xx, s_yy, s_xy, mean_x, mean_y, self.r)
         loss = 1.0 - mean_correlation(correlations, self.top_k).mean()
-        return loss * (weight.sum() >= 2)  # zero, in the graph, for fewer than 2 samples
+        local = weight.sum()
+        world = _world_size()
+        if world == 1:
+            return loss * (local >= 2)  # zero, in the graph, for fewer than 2 samples
+        # Each process's gradient weighted by its share of the step's samples (DDP averages).
+        gradient = (loss - loss.detach()) * (world * local / pooled.clamp(min=1.0))
+        return loss.detach() * (local >= 2) + gradient * (pooled >= 2)

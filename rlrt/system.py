@@ -13,6 +13,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from callbacks.perturb import drop_modalities
+from rlrt.alignment import FitMoments, noise_floor
 from rlrt.cache.format import check_fields
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.engine.checkpoints import add_digest, check_same, verify_digest
@@ -27,6 +28,7 @@ from rlrt.missing import (
     substitute_missing,
 )
 from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
+from rlrt.running_log import RunningCorrelationLog, logs_this_step
 
 ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")
 # Hyperparameters that shape the trained head or the meaning of its outputs: a checkpoint must
@@ -65,9 +67,11 @@ class RLRT(LightningModule):
     `L_CCA` is computed on the samples that have both modalities (a dummy input's vector says
     nothing about the pair), with covariances carried across steps over `cca_window` samples
     (`RunningCCALoss`), and only while training. Validation and test report the held-out
-    alignment instead: `cca_corr`, the mean (top-k mean) canonical correlation of `h_i`, `h_t`
-    over the whole split, per layer pair (`cca_corr_layer{l}`) and averaged; `{stage}/loss` there
-    is the task loss.
+    alignment instead: `cca_corr`, out of sample: the canonical directions of `h_i`, `h_t` fitted
+    on the training epoch's features (`FitMoments`, kept in the checkpoint) and scored on the
+    whole split, the mean (top-k mean) correlation per layer pair (`cca_corr_layer{l}`) and
+    averaged, with `cca_corr_noise_floor` beside it (what independent noise of the same sizes
+    reaches, `rlrt.alignment.noise_floor`); `{stage}/loss` there is the task loss.
 
     Args:
         image_encoder: the frozen image encoder (its weights are never checkpointed; its
@@ -95,6 +99,9 @@ class RLRT(LightningModule):
             it off.
         cca_reg: relative ridge `r` added to the covariances of `L_CCA` and `cca_corr`.
         cca_top_k: average only the top-k canonical correlations (loss and `cca_corr`).
+        cca_drop_constant: remove from `L_CCA` and `cca_corr` the direction of `h` that MoLT's
+            LayerNorm makes constant (its correlation is always 0); false: the mean over all
+            `common_dim` correlations, which can then never exceed `(common_dim - 1) / common_dim`.
         cca_window: samples the loss's covariances rest on (carried across steps). A window
             under `10 * common_dim` samples is refused unless `cca_allow_degenerate`: CCA on
             fewer samples scores high on noise alone.
@@ -141,6 +148,7 @@ class RLRT(LightningModule):
         beta: float = 0.03,
         cca_reg: float = 1e-3,
         cca_top_k: int | None = None,
+        cca_drop_constant: bool = True,
         cca_window: int = 4096,
         cca_allow_degenerate: bool = False,
         missing_strategy: Literal["dummy", "zero"] = "dummy",
@@ -208,7 +216,8 @@ class RLRT(LightningModule):
             dropout=dropout,
         )
         self.cca = None
-        self.val_alignment = self.test_alignment = None
+        self.val_alignment = self.test_alignment = self.fit_moments = None
+        self._running_log = RunningCorrelationLog()  # train/cca_corr_running's epoch mean
         if self.molt is not None:
             if beta != 0:
                 self.cca = RunningCCALoss(
@@ -217,13 +226,20 @@ class RLRT(LightningModule):
                     window=cca_window,
                     r=cca_reg,
                     top_k=cca_top_k,
+                    drop_constant=cca_drop_constant,
                 )
             # Measured whether or not the loss is on: `no_cca` is compared on it.
             alignment = HeldOutCorrelation(
-                num_layers=num_layers, dim=common_dim, r=cca_reg, top_k=cca_top_k
+                num_layers=num_layers,
+                dim=common_dim,
+                r=cca_reg,
+                top_k=cca_top_k,
+                drop_constant=cca_drop_constant,
             )
             self.val_alignment = alignment.clone()
             self.test_alignment = alignment.clone()
+            # the training features `cca_corr`'s directions are fitted on
+            self.fit_moments = FitMoments(num_layers=num_layers, dim=common_dim)
         # per stage and cache, the samples whose features were found finite (`_check_finite_once`)
         self._finite_checked: dict[str, set[str]] = {}
         metrics = make_metrics(task, num_classes)
@@ -366,14 +382,15 @@ class RLRT(LightningModule):
         if on_step:
             cca = self.correlation_loss(h_image, h_text, both)
             loss = task_loss + self.beta * cca
+            if self.fit_moments is not None and h_image is not None:
+                self.fit_moments.update(h_image, h_text, both)
             if self.cca is not None and self.cca.active:  # nothing to report while it fills
-                self.log(
-                    "train/cca_corr_running",
-                    1.0 - cca,
-                    batch_size=batch_size,
-                    on_step=True,
-                    on_epoch=True,
-                )
+                pairs = both.sum()
+                self._running_log.update(1.0 - cca, pairs, batch_size)
+                # nothing for a batch of fewer than 2 complete pairs (its loss is 0, not a 1.0
+                # correlation); its count is asked of the device only when a logger writes
+                if logs_this_step(self) and int(pairs) >= 2:
+                    self.log("train/cca_corr_running_step", 1.0 - cca, batch_size=batch_size)
         else:
             loss = task_loss
             alignment = self.val_alignment if stage == "val" else self.test_alignment
@@ -403,15 +420,33 @@ class RLRT(LightningModule):
         return loss
 
     def _log_alignment(self, stage: str) -> None:
-        """Log `{stage}/cca_corr` (mean over layer pairs) and `{stage}/cca_corr_layer{l}`."""
+        """Log `{stage}/cca_corr` (mean over layer pairs), `{stage}/cca_corr_layer{l}` and
+        `{stage}/cca_corr_noise_floor`: out of sample, the directions fitted on the training
+        features (`fit_moments`), scored on this split's. NaN without training features (a
+        checkpoint from before they were kept) or with too few samples."""
         alignment = self.val_alignment if stage == "val" else self.test_alignment
         if alignment is None:
             return
-        per_layer = alignment.compute().float().reshape(-1)  # (L_s,): torchmetrics makes one 0-d
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting:  # every process's training features (a collective: all processes get here)
+            self.fit_moments.pool()
+        fit = self.fit_moments.moments(include_local=not fitting)
+        per_layer = alignment.out_of_sample(fit).float().reshape(-1)  # (L_s,)
+        with alignment.sync_context(should_sync=True, should_unsync=True):
+            n_held_out = int(alignment.count.item())
         alignment.reset()
+        floor = noise_floor(
+            int(fit.count.item()), n_held_out, alignment.width, alignment.r, alignment.top_k
+        )
         self.log(f"{stage}/cca_corr", per_layer.mean(), sync_dist=False)
+        self.log(f"{stage}/cca_corr_noise_floor", floor, sync_dist=False)
         for layer, value in enumerate(per_layer):
             self.log(f"{stage}/cca_corr_layer{layer}", value, sync_dist=False)
+
+    def on_train_epoch_end(self) -> None:
+        mean = self._running_log.compute_and_reset()
+        if mean is not None:
+            self.log("train/cca_corr_running_epoch", mean, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_alignment("val")
@@ -424,6 +459,8 @@ class RLRT(LightningModule):
         return logits.sigmoid() if self.task == "multilabel" else logits.softmax(dim=-1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if batch_idx == 0 and self.fit_moments is not None:
+            self.fit_moments.reset()  # `cca_corr` fits on this epoch's training features
         rate = self.hparams.get("modality_dropout", 0.0)
         if rate > 0:
             image_present, text_present = drop_modalities(*present_flags(batch), rate)
@@ -543,6 +580,6 @@ class RLRT(LightningModule):
         state = checkpoint["state_dict"]
         for key, value in self.state_dict().items():
             # The frozen weights are ours; a checkpoint from before the running L_CCA statistics
-            # existed starts them empty.
-            if key.startswith(ENCODER_PREFIXES) or key.startswith("cca."):
+            # (or the training features `cca_corr` fits on) existed starts them empty.
+            if key.startswith(ENCODER_PREFIXES) or key.startswith(("cca.", "fit_moments.")):
                 state.setdefault(key, value)

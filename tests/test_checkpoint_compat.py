@@ -80,9 +80,15 @@ def test_a_version_0_1_checkpoint_tests_to_the_same_numbers(
     args = run_args(tmp_path, tiny_vit_config, tiny_llama_dir)
     main(["test", *args, "--ckpt_path", str(old_checkpoint)])
     metrics = json.loads((tmp_path / "runs" / "rlrt" / "version_0" / "metrics.json").read_text())
-    assert metrics.keys() == EXPECTED.keys()
+    assert metrics.keys() == EXPECTED.keys() | {"test/cca_corr_noise_floor"}
     for name, value in EXPECTED.items():
+        if name.startswith("test/cca_corr"):
+            # out of sample since issue 25: the directions are fitted on the training features
+            # a checkpoint keeps, and a 0.1 checkpoint keeps none: no value rather than another
+            assert metrics[name] is None, name
+            continue
         assert metrics[name] == pytest.approx(value, abs=1e-5), name
+    assert metrics["test/cca_corr_noise_floor"] is None
 
 
 def test_a_version_0_1_checkpoint_resumes_training(

@@ -209,7 +209,8 @@ def test_running_loss_first_step_is_the_batch_loss_with_its_gradient():
 
 def test_running_gradient_is_the_batch_covariances_gradient_at_the_running_value():
     """d loss / d x_batch = dC/dS (at the running S) * dS_batch/dx (autograd on an explicit
-    construction: running covariances as constants, the batch's as functions of x)."""
+    construction: running covariances as constants, the batch's as functions of x, centred on
+    the running means after this batch)."""
     x, y = correlated_views(n=256, d=4, seed=5)
     loss = RunningCCALoss(num_layers=1, dim=4, window=512, warmup_samples=0)
     for a, b in batches(x[:192], y[:192], 64):
@@ -221,8 +222,8 @@ def test_running_gradient_is_the_batch_covariances_gradient_at_the_running_value
     s_run = [s.clone() for s in loss.running_covariances()]  # after this batch, constants
 
     def explicit(a):
-        ac = a[0] - a[0].mean(0)
-        bc = b[0] - b[0].mean(0)
+        ac = a[0] - loss.mean_x[0]
+        bc = b[0] - loss.mean_y[0]
         s_b = (ac.T @ ac / 64, bc.T @ bc / 64, ac.T @ bc / 64)
         s = [r[0] + sb - sb.detach() for r, sb in zip(s_run, s_b)]
         return 1 - correlations_from_covariances(*s, 1e-3).mean()

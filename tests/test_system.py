@@ -95,7 +95,7 @@ def test_loss_is_task_plus_beta_cca(image_encoder, text_encoder):
     model.log_dict = lambda *a, **kw: None
     loss = model._shared_step(batch, "train")
     torch.testing.assert_close(loss, expected_task + 0.5 * expected_cca)
-    torch.testing.assert_close(logged["train/cca_corr_running"], 1 - expected_cca)
+    torch.testing.assert_close(logged["train/cca_corr_running_step"], 1 - expected_cca)
     assert 0 < expected_cca.item() < 1
     assert model.cca.seen.item() == 6  # the step updated the running statistics
     # evaluation: the loss is the task loss, the running statistics stay as they were
@@ -112,27 +112,47 @@ def test_a_degenerate_cca_configuration_is_refused_unless_allowed(image_encoder,
     make_model(image_encoder, text_encoder, common_dim=64, cca_window=640)
 
 
+def latents(model, batches):
+    """`h_i`, `h_t` `(L_s, N, d_c)` of `batches`, concatenated (no gradient)."""
+    with torch.no_grad():
+        pairs = [model(model.encode(batch))[1:] for batch in batches]
+    return torch.cat([p[0] for p in pairs], 1), torch.cat([p[1] for p in pairs], 1)
+
+
 def test_validation_logs_the_held_out_correlation_of_the_whole_split(
     image_encoder, text_encoder, tmp_path
 ):
-    from rlrt.metrics import HeldOutCorrelation
+    """`val/cca_corr` is out of sample: the directions fitted on the model's training features
+    (`fit_moments`), scored on the whole validation split, against NumPy."""
+    from rlrt.alignment import noise_floor
+    from tests.cca_reference import out_of_sample
 
     for beta in (0.1, 0.0):  # measured with and without the loss (`no_cca` is compared on it)
         model = make_model(image_encoder, text_encoder, beta=beta).eval()
         batches = [make_batch(seed=i) for i in range(4)]
-        reference = HeldOutCorrelation(num_layers=len(model.molt), dim=8)
-        with torch.no_grad():
-            for batch in batches:
-                _, h_i, h_t = model(model.encode(batch))
-                reference.update(h_i, h_t)
+        fit_x, fit_y = latents(model, [make_batch(seed=10 + i) for i in range(4)])
+        model.fit_moments.update(fit_x, fit_y, torch.ones(fit_x.shape[1], dtype=torch.bool))
+        held_x, held_y = latents(model, batches)
         loader = DataLoader(batches, batch_size=1, collate_fn=collate_one)
         trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
         (metrics,) = trainer.validate(model, loader, verbose=False)
-        per_layer = reference.compute()
-        assert metrics["val/cca_corr"] == pytest.approx(per_layer.mean().item(), rel=1e-5)
-        for layer, value in enumerate(per_layer.tolist()):
-            assert metrics[f"val/cca_corr_layer{layer}"] == pytest.approx(value, rel=1e-5)
-        assert 0 < metrics["val/cca_corr"] <= 1
+        expected = [
+            out_of_sample(
+                fit_x[layer].double().numpy(),
+                fit_y[layer].double().numpy(),
+                held_x[layer].double().numpy(),
+                held_y[layer].double().numpy(),
+                drop_ones=True,
+            )
+            for layer in range(len(model.molt))
+        ]
+        for layer, value in enumerate(expected):
+            assert metrics[f"val/cca_corr_layer{layer}"] == pytest.approx(value, abs=1e-5)
+        assert metrics["val/cca_corr"] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+        # 24 samples fitted, 24 scored, 8 - 1 directions
+        floor = noise_floor(24, 24, 7, 1e-3)
+        assert metrics["val/cca_corr_noise_floor"] == pytest.approx(floor, rel=1e-6)
+        assert -1 <= metrics["val/cca_corr"] <= 1
 
 
 def test_missing_flags_substitute_dummy_inputs(image_encoder, text_encoder):
@@ -325,7 +345,9 @@ def test_validation_with_one_layer_pair_logs_its_correlation(tiny_vit_config, ti
     loader = DataLoader(
         [make_batch(seed=i) for i in range(3)], batch_size=1, collate_fn=collate_one
     )
+    fit_x, fit_y = latents(model, [make_batch(seed=10 + i) for i in range(3)])
+    model.fit_moments.update(fit_x, fit_y, torch.ones(fit_x.shape[1], dtype=torch.bool))
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     (metrics,) = trainer.validate(model, loader, verbose=False)
     assert metrics["val/cca_corr"] == pytest.approx(metrics["val/cca_corr_layer0"])
-    assert 0 < metrics["val/cca_corr"] <= 1
+    assert -1 <= metrics["val/cca_corr"] <= 1  # out of sample: signed
