@@ -44,11 +44,17 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         with path.open("rb") as handle:
-            for line_number, raw in enumerate(handle, 1):
-                if not raw.strip():
+            line_number = 0
+            # readline, not enumerate(handle): enumerate's tuple would keep the previous line
+            while raw := handle.readline():
+                line_number += 1
+                if raw.isspace():  # a blank line (not strip(): no copy of a long line)
                     continue
                 try:
-                    row = json.loads(raw.decode("utf-8-sig"))  # a leading BOM is not JSON
+                    text = raw.decode("utf-8-sig")  # a leading BOM is not JSON
+                    del raw  # a long line (a 100 MB text) is held twice while parsed, not thrice
+                    row = json.loads(text)
+                    del text
                 except (ValueError, RecursionError) as err:  # also not UTF-8, too deep, ...
                     reason = err.msg if isinstance(err, json.JSONDecodeError) else json_error(err)
                     yield line_number, f"malformed row: {reason}"

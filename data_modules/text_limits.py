@@ -6,7 +6,7 @@ encoder here reads (unless its tokens average over 100,000 / max_length characte
 max_length 4096), so the cut changes no feature. It keeps a pathological text (a 100 MB field)
 from being held for the whole run, copied into DataLoader workers, hashed into the cache's
 fingerprint and tokenised whole at every batch. The file's line itself is parsed once, in
-memory (about three times its size while it is read).
+memory (a JSONL line about twice its size while it is parsed).
 """
 
 from __future__ import annotations

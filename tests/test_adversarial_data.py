@@ -112,7 +112,16 @@ def test_a_train_id_in_test_stops_the_run_with_error(tmp_path, capsys):
     files = [f"--data.{split}={tmp_path / f'{split}.jsonl'}" for split in SPLITS]
     config = str(CONFIGS / "data" / "labelled_file.yaml")
     with pytest.raises(SystemExit) as exit_:
-        main(["inspect-data", "--config", config, *files, "--data.on_bad_sample=error"])
+        main(
+            [
+                "inspect-data",
+                "--config",
+                config,
+                "--seed_everything=0",
+                *files,
+                "--data.on_bad_sample=error",
+            ]
+        )
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
@@ -220,7 +229,7 @@ def test_a_split_file_that_is_a_directory_fifo_or_loop_is_one_line(tmp_path, cap
     files = [f"--data.{split}={tmp_path / f'{split}.jsonl'}" for split in SPLITS]
     config = str(CONFIGS / "data" / "labelled_file.yaml")
     with pytest.raises(SystemExit) as exit_:
-        main(["inspect-data", "--config", config, *files])
+        main(["inspect-data", "--config", config, "--seed_everything=0", *files])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     what = {"dir": "a directory", "fifo": "a FIFO (named pipe)", "loop": "a symlink loop"}[kind]
@@ -364,7 +373,7 @@ def test_a_100_mb_text_is_cut_at_reading_and_not_held(tmp_path):
     assert [(r.id, len(r.text)) for r in records] == [("big", MAX_TEXT_CHARS), ("small", 2)]
     assert records[0].text == ("word " * (MAX_TEXT_CHARS // 5 + 1))[:MAX_TEXT_CHARS]
     assert held < 5 * 2**20, f"{held / 2**20:.0f} MiB held after reading"
-    assert peak < 3.5 * size, f"{peak / 2**20:.0f} MiB at the peak"  # the line, parsed once
+    assert peak < 2.5 * size, f"{peak / 2**20:.0f} MiB at the peak"  # the line and its text
 
 
 def test_a_csv_field_over_the_csv_limit_is_reported_at_its_line(tmp_path):
