@@ -106,7 +106,7 @@ def test_a_train_id_repeated_in_val_or_test_is_reported_there(tmp_path):
     assert all(len(quietly(dm, split)) == 2 for split in SPLITS) and not dm.bad_samples
 
 
-def test_a_train_id_in_test_stops_the_run_with_error(tmp_path, capsys):
+def test_a_train_id_in_val_stops_the_run_with_on_bad_sample_error(tmp_path, capsys):
     rows = [{"id": "a", "text": "x", "label": "p"}]
     labelled(tmp_path, {"train": rows})
     files = [f"--data.{split}={tmp_path / f'{split}.jsonl'}" for split in SPLITS]
