@@ -97,7 +97,8 @@ def slow_noise_scores(n_fit, n_held, d, draws, seed):
     return np.array(scores)
 
 
-@pytest.mark.parametrize("n_fit,n_held,d", [(400, 60, 4), (40, 12, 8)])  # Wishart / samples
+# Wishart draws, sample draws, the Gaussian approximation (wider than SIMULATED_MAX_DIM)
+@pytest.mark.parametrize("n_fit,n_held,d", [(400, 60, 4), (40, 12, 8), (650, 120, 65)])
 def test_noise_floor_is_the_quantile_a_slow_simulation_finds(n_fit, n_held, d):
     slow = slow_noise_scores(n_fit, n_held, d, draws=600, seed=1)
     spread = slow.std()

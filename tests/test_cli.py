@@ -84,11 +84,12 @@ def test_demo_command_writes_the_three_rows(
     rows = json.loads((in_tmp / "out" / "metrics.json").read_text())
     assert set(rows) == {"complete", "missing_image", "missing_text"}
     for row in rows.values():
-        assert set(row) == {"f1_micro", "f1_macro", "cca_corr"}
+        assert set(row) == {"f1_micro", "f1_macro", "cca_corr", "cca_corr_noise_floor"}
     # no test sample keeps both modalities when one is missing everywhere: no correlation, null
     assert rows["missing_image"]["cca_corr"] is None and rows["missing_text"]["cca_corr"] is None
+    assert rows["missing_image"]["cca_corr_noise_floor"] is None
     complete = rows["complete"]["cca_corr"]
-    assert complete is None or 0 < complete <= 1
+    assert complete is None or -1 <= complete <= 1  # out of sample: signed
     printed = capsys.readouterr().out
     assert "missing_image" in printed and "f1_macro" in printed
     assert "DataLoader 0" not in printed  # one table, the demo's, not Lightning's three
