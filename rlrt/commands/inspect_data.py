@@ -165,6 +165,9 @@ class _DataOnlyCLI(RLRTCLI):
     def instantiate_classes(self) -> None:
         pass
 
+    def _set_seed(self) -> None:
+        pass  # inspecting data trains nothing: no global seed, and no "No seed found" warning
+
 
 def run_inspect_data(argv: list[str]) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(

@@ -116,6 +116,9 @@ class RLRTCLI(LightningCLI):
         classes from a checkpoint (an init arg `checkpoint` left unset) the `--ckpt_path`."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         _refuse_linked_model_values(config)
+        if self.subcommand == "fit":
+            _refuse_training_nothing(config.get("trainer"))
+            _warn_single_sample_batches(config)
         workers = config.get("data", {}).get("init_args", {}).get("num_workers") or 0
         threads = choose_threads(config.get("threads"), workers)
         if threads is not None:
@@ -259,6 +262,9 @@ class _ParseOnlyCLI(RLRTCLI):
     def instantiate_classes(self) -> None:
         pass
 
+    def _set_seed(self) -> None:
+        pass  # parsing builds nothing, so it seeds nothing (and warns of no missing seed)
+
 
 def _refuse_linked_model_values(config: Namespace) -> None:
     """A config file may set `model.num_classes` (the command line may not); the data module's
@@ -270,6 +276,32 @@ def _refuse_linked_model_values(config: Namespace) -> None:
                 f"model.{name}={model.get(name)!r} is set in the config, but {name} comes from "
                 f"the data module (data.{name}); remove model.{name} from the config"
             )
+
+
+def _refuse_training_nothing(trainer: Namespace | None) -> None:
+    """`fit` with `max_epochs` or `max_steps` 0 would end at once with no checkpoint, exit 0:
+    say so (before the encoders load) instead."""
+    for name in ("max_epochs", "max_steps"):
+        if trainer is not None and trainer.get(name) == 0:
+            raise ValueError(
+                f"--trainer.{name}=0: `rlrt fit` would train nothing and write no checkpoint; "
+                f"give --trainer.{name} 1 or more (-1: no limit)"
+            )
+
+
+def _warn_single_sample_batches(config: Namespace) -> None:
+    """Batches of one train (the task loss), but `L_CCA` needs two samples in a batch: say once
+    that it adds nothing in this run rather than let it vanish silently."""
+    batch_size = (config.get("data") or {}).get("init_args", {}).get("batch_size")
+    model = config.get("model")
+    if batch_size == 1 and model is not None and model.get("beta", 1) != 0:
+        warnings.warn(
+            "data.batch_size=1: L_CCA needs at least 2 samples with both modalities in a batch, "
+            "so it adds nothing in this run (only the task loss trains); give a batch size of "
+            "2 or more, or model.beta=0 to train without it",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def run_lightning_command(argv: list[str]) -> None:
