@@ -19,10 +19,10 @@ demo: install ## generate the demo data if absent, fit, test complete / missing 
 demo-spread: install ## the demo's spread: training seeds 0-4 on this CPU's kernels and on AVX2 kernels, resumable (about 15 min) -> docs/demo/reference.{json,md}
 	$(OFFLINE) $(BIN)/python -m rlrt.reports.demo_spread
 
-test: install ## fast offline CPU tests
+test: install ## the offline CPU tests but the slow end-to-end ones (DDP, kill/resume, whole benchmarks)
 	$(OFFLINE) $(BIN)/pytest -q
 
-test-all: install ## every test, slow ones included
+test-all: install ## every test, the slow end-to-end ones included (what CI runs)
 	$(OFFLINE) $(BIN)/pytest -q -m ''
 
 robustness: install ## missing-modality and noise grid of CKPT=<checkpoint> -> results/robustness/robustness.{csv,md,png}

@@ -70,6 +70,7 @@ def test_markdown_states_each_target_against_its_measurement():
     assert "measured 1.25x" in text  # 20 / 16: the build's time over the bare pass's
 
 
+@pytest.mark.slow  # every bench stage end to end (make test-all, CI)
 def test_bench_writes_the_issue_shape_and_cleans_its_scratch(tmp_path, monkeypatch):
     scratch = tmp_path / "tmp"
     scratch.mkdir()

@@ -92,6 +92,7 @@ def test_verdict_states_how_far_from_the_target():
     assert verdict(0.12, 0.10, higher_is_better=False) == "missed by 20% of the target"
 
 
+@pytest.mark.slow  # the whole rehearsal (make test-all, CI)
 def test_the_rehearsal_runs_every_stage_and_reports_consistent_figures(tmp_path, monkeypatch):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -127,6 +128,7 @@ def test_the_rehearsal_runs_every_stage_and_reports_consistent_figures(tmp_path,
     assert not (output / "bench_gpu_rehearsal.partial.json").exists()  # complete: removed
 
 
+@pytest.mark.slow  # the whole rehearsal (make test-all, CI)
 def test_a_failed_stage_is_recorded_and_the_others_still_measure(tmp_path, monkeypatch):
     """One GPU session must give all it can: the cache build failing leaves the stages that
     need the cache unmeasured and named with their errors, the others measured, the figures

@@ -17,6 +17,9 @@ from tests.test_cli import demo_args
 from tests.test_resume import REPO, fit_args, load
 
 RLRT = [sys.executable, "-m", "rlrt.cli"]
+# Each test starts several multi-process runs: `make test-all` and CI run them, `make test` not.
+pytestmark = pytest.mark.slow
+
 DDP = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2"]
 
 

@@ -192,6 +192,7 @@ def terminated(tmp_path_factory, tiny_vit_config, tiny_llama_dir):
     }
 
 
+@pytest.mark.slow  # CLI processes, one SIGTERMed (make test-all, CI)
 def test_sigterm_saves_last_ckpt_at_the_step_reached_and_exits_143(terminated):
     stopped = terminated["stopped"]
     assert stopped.returncode == TERMINATED == 143, stopped.stderr[-3000:]
@@ -206,6 +207,7 @@ def test_sigterm_saves_last_ckpt_at_the_step_reached_and_exits_143(terminated):
     assert f"at step {last['global_step']}" in last_line
 
 
+@pytest.mark.slow  # CLI processes, one SIGTERMed (make test-all, CI)
 def test_a_terminated_fit_resumes_from_its_last_ckpt(terminated):
     resumed = terminated["resumed"]
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -165,6 +165,7 @@ def runs(tmp_path_factory, tiny_vit_config, tiny_llama_dir):
     }
 
 
+@pytest.mark.slow  # three CLI processes, one SIGKILLed (make test-all, CI)
 def test_killed_mid_epoch_after_a_checkpoint(runs):
     assert runs["killed"].returncode == -signal.SIGKILL
     last = load(runs["first_run"] / "checkpoints" / "last.ckpt")
@@ -173,6 +174,7 @@ def test_killed_mid_epoch_after_a_checkpoint(runs):
     assert not (runs["first_run"] / "metrics.json").exists()
 
 
+@pytest.mark.slow  # three CLI processes, one SIGKILLed (make test-all, CI)
 def test_resume_from_last_matches_the_uninterrupted_run(runs):
     resumed = runs["resumed"]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -201,6 +203,7 @@ def test_resume_from_last_matches_the_uninterrupted_run(runs):
     assert {"val/f1_micro", "val/f1_macro", "val/loss"} <= set(final_val(runs["full_run"]))
 
 
+@pytest.mark.slow  # three CLI processes, one SIGKILLed (make test-all, CI)
 def test_resumed_and_uninterrupted_checkpoints_test_alike(runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     metrics = []
@@ -212,12 +215,14 @@ def test_resumed_and_uninterrupted_checkpoints_test_alike(runs, tmp_path, monkey
     assert {"test/f1_micro", "test/f1_macro"} <= set(metrics[0])
 
 
+@pytest.mark.slow  # three CLI processes, one SIGKILLed (make test-all, CI)
 def test_resuming_never_touches_the_earlier_run(runs):
     assert snapshot(runs["first_run"]) == runs["before_resume"]
     resumed_files = snapshot(runs["resumed_run"])
     assert {"config.yaml", "metrics.csv", "checkpoints/last.ckpt"} <= set(resumed_files)
 
 
+@pytest.mark.slow  # three CLI processes, one SIGKILLed (make test-all, CI)
 def test_test_with_ckpt_path_last_uses_the_newest_run(runs, monkeypatch):
     monkeypatch.chdir(runs["resumed_run"].parents[2])
     before = snapshot(runs["resumed_run"].parent)
