@@ -256,7 +256,7 @@ def test_mmimdb_json_and_poster_that_are_loops_fifos_or_directories(tmp_path):
     assert bad[third].startswith("unreadable image: a directory, not an image file")
 
 
-def call_with_timeout(function, path: Path, seconds: float = 4.0):
+def call_with_timeout(function, path: Path, seconds: float = 30.0):
     """`function(path)` in a thread; a FIFO it still blocks on after `seconds` is opened for
     writing and closed (its reader then sees the end) so that the test ends, and fails."""
     result: dict[str, object] = {}
