@@ -24,8 +24,9 @@ def make_metrics(task: str, num_classes: int) -> MetricCollection:
 
 
 def is_reported(name: str) -> bool:
-    """Whether a metric (stage prefix removed) belongs in result tables: the task's scores and
-    `cca_corr`, not the losses nor the per-layer correlations (`metrics.json` keeps those)."""
+    """Whether a metric (stage prefix removed) belongs in result tables: the task's scores,
+    `cca_corr` and its `cca_corr_noise_floor`, not the losses nor the per-layer correlations
+    (`metrics.json` keeps those)."""
     return not name.endswith("loss") and not name.startswith("cca_corr_layer")
 
 

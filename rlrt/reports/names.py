@@ -15,6 +15,7 @@ METRIC_TITLES = {
     "f1_samples": "F1-samples",
     "acc": "accuracy",
     "cca_corr": "CCA correlation",
+    "cca_corr_noise_floor": "CCA noise floor",
 }
 MODEL_TITLES = {"full": "RLRT", "rlrt": "RLRT"}  # the `full` variant is the method itself
 MISSING_TITLES = {
