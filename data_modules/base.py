@@ -339,6 +339,14 @@ class ImageTextDataModule(L.LightningDataModule):
         return self._loader("train", self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.limit_val_batches != 0 and not self.dataset("val"):
+            # Lightning would skip validation with three warnings, and no best checkpoint chosen
+            raise ValueError(
+                f"{self._empty_split_message('val')}; validation needs samples (the best "
+                "checkpoint is chosen on them): add some, or pass --trainer.limit_val_batches=0 "
+                "to train without validation (the last checkpoint is then the result)"
+            )
         return self._loader("val", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:

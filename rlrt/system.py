@@ -16,7 +16,13 @@ from callbacks.perturb import drop_modalities
 from rlrt.alignment import FitMoments, noise_floor
 from rlrt.cache.format import check_fields
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
-from rlrt.engine.checkpoints import add_digest, check_same, verify_digest
+from rlrt.engine.checkpoints import (
+    CLASS_HPARAMS,
+    add_digest,
+    check_same,
+    other_classes_hint,
+    verify_digest,
+)
 from rlrt.features import Features
 from rlrt.losses import RunningCCALoss, check_cca_window
 from rlrt.metrics import HeldOutCorrelation, make_metrics
@@ -552,14 +558,18 @@ class RLRT(LightningModule):
             "fusion": FUSION_BEFORE_THE_SWITCH,
             **checkpoint.get("hyper_parameters", {}),
         }
+        ours = {**self.hparams, "num_classes": self.num_classes, "task": self.task}
+        source = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".rstrip()
+        check_same(
+            saved_hparams, ours, CLASS_HPARAMS, "", other_classes_hint(saved_hparams, ours, source)
+        )
         check_same(
             saved_hparams,
-            {**self.hparams, "num_classes": self.num_classes, "task": self.task},
+            ours,
             ARCHITECTURE_HPARAMS,
             "",
             "a checkpoint only fits a model built like the one it was trained with "
-            "(see the checkpoint's config.yaml; num_classes, task and class_names come from "
-            "the data)",
+            "(see the checkpoint's config.yaml)",
         )
         saved = checkpoint.get("rlrt_encoders")
         if saved is not None:

@@ -170,3 +170,45 @@ def test_two_fits_started_at_once_into_one_logger_directory_keep_their_own_runs(
         assert len(logged) > 1 and logged[0].startswith("epoch,step")
         assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.csv", "checkpoints"}
     assert seeds == {1, 2}
+
+
+# ------------------------------------------------- `rlrt cache` onto a real read-only mount
+
+
+def read_only_mount_command(folder: Path) -> list[str] | None:
+    """A command prefix that runs what follows with a read-only tmpfs mounted on `folder`, in a
+    mount namespace of its own (`unshare`, as an unprivileged user where the kernel allows
+    user namespaces); None where that cannot be had here."""
+    prefix = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o ro tmpfs "{folder}" && exec "$@"']
+    try:
+        probe = subprocess.run([*prefix, "sh", "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return [*prefix, "sh"] if probe.returncode == 0 else None
+
+
+def test_rlrt_cache_onto_a_real_read_only_mount(tmp_path, tiny_vit_config, tiny_llama_dir):
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    prefix = read_only_mount_command(folder)
+    if prefix is None:
+        pytest.skip("no read-only mount can be made here (unshare/mount not permitted)")
+    args = [*demo_args(tmp_path, tiny_vit_config, tiny_llama_dir), "--splits=train"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "rlrt.cli", "cache", *args]
+    done = subprocess.run(
+        [*prefix, *command, f"--data.init_args.feature_cache={folder / 'cache'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert rlrt_lines(done.stderr) == [
+        f"rlrt: error: feature cache folder {folder / 'cache'} is not writable (Read-only file "
+        f"system: {folder / 'cache'}); make it writable or give another folder as "
+        "--data.init_args.feature_cache (or --cache_dir)"
+    ]
+    assert list(folder.iterdir()) == []  # outside the namespace: the folder as it was

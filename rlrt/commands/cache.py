@@ -15,13 +15,16 @@ cheap checks of `SplitCacheReader`); `--verify` checks every row of every split 
 half the disk of float16, see `rlrt.cache.format`); readers follow the cache's manifest. Before
 encoding anything the command estimates the bytes still to write and refuses, in one line, a
 cache that would not fit on its disk; nothing is left behind then. Stopped by Ctrl-C, it says so
-in one line (exit status 130); the same command again resumes the build.
+in one line (exit status 130); the same command again resumes the build. A destination that is
+a file, or a folder it may not write to, is refused in one line naming it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +111,7 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
             "rlrt cache needs a destination: --data.init_args.feature_cache DIR (or --cache_dir)"
         )
     cache_dir = Path(cache_dir)
+    _refuse_file_in_the_way(cache_dir)
     # one writer per folder: a second `rlrt cache` refuses before loading anything (the other
     # ranks of a distributed run are this command's own processes, they take no lock)
     created = _missing_folders(cache_dir)  # what the lock creates: removed if refused for space
@@ -126,6 +130,14 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
                 with contextlib.suppress(OSError):  # not empty: something else wrote there
                     folder.rmdir()
         raise
+    except OSError as error:
+        if error.errno in READ_ONLY_ERRNOS and _inside(error.filename, cache_dir):
+            raise PermissionError(
+                f"feature cache folder {cache_dir} is not writable ({error.strerror}: "
+                f"{error.filename}); make it writable or give another folder as "
+                f"{DESTINATION_OPTIONS}"
+            ) from error
+        raise
     except (KeyboardInterrupt, SystemExit) as stop:
         interrupt = interrupt_of(stop)
         if interrupt is not None:  # rows are flagged done only once flushed; no manifest yet
@@ -134,6 +146,29 @@ def run_cache(argv: list[str]) -> CacheBuildReport:
                 "finish it (the rows already written are kept)"
             )
         raise
+
+
+DESTINATION_OPTIONS = "--data.init_args.feature_cache (or --cache_dir)"
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _refuse_file_in_the_way(cache_dir: Path) -> None:
+    """One line when `cache_dir`, or a folder above it, is an existing file (nothing touched)."""
+    for path in (cache_dir, *cache_dir.parents):
+        if path.exists() and not path.is_dir():
+            where = "is" if path == cache_dir else f"lies under {path}, which is"
+            raise NotADirectoryError(
+                f"feature cache folder {cache_dir} {where} a file, not a folder; give a folder "
+                f"(created if missing) as {DESTINATION_OPTIONS}"
+            )
+
+
+def _inside(filename: object, folder: Path) -> bool:
+    """Whether the file an OS error names is `folder` or lies inside it."""
+    if not filename:
+        return False
+    path = Path(os.fsdecode(filename)).absolute()
+    return path == folder.absolute() or folder.absolute() in path.parents
 
 
 def _missing_folders(path: Path) -> list[Path]:

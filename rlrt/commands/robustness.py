@@ -37,6 +37,7 @@ import pandas as pd
 from lightning.pytorch.cli import instantiate_class
 from tqdm.auto import tqdm
 
+from callbacks.perturb import MAX_NOISE_LEVEL
 from rlrt.engine.console import quiet_restores
 from rlrt.engine.lightning_cli import RLRTCLI
 from rlrt.metrics import is_reported
@@ -185,8 +186,47 @@ def evaluate_grid(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+MISSING_TYPES = ("image", "text", "both")
+NOISE_MODALITIES = ("image", "text")
+
+
+def _floats(text: str, option: str, low: float, high: float) -> list[float]:
+    """The comma-separated numbers of `option`, each in [low, high]; else one line naming it."""
+    values = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # NaN and infinity too
+            raise ValueError(
+                f"{option} {text}: {item!r} is not a number in [{low:g}, {high:g}]; give "
+                f"comma-separated values in that range, e.g. {option} {low:g},{high:g}"
+            )
+        values.append(value)
+    return values
+
+
+def _names(text: str, option: str, accepted: tuple[str, ...]) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    for name in names:
+        if name not in accepted:
+            raise ValueError(
+                f"{option} {text}: {name!r} is not one of {', '.join(accepted)}; give "
+                "comma-separated names from those"
+            )
+    return names
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(
+            f"{option} {text}: give comma-separated integers, e.g. {option} 0,1,2"
+        ) from None
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -200,9 +240,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--ckpt_path", required=True, help="the checkpoint to evaluate")
     parser.add_argument("--output", required=True, help="folder for robustness.csv/.md/.png")
     parser.add_argument("--name", default=None, help="model name in the results (default: run)")
-    parser.add_argument("--rates", default=",".join(f"{r / 10:g}" for r in range(11)))
+    parser.add_argument(
+        "--rates",
+        default=",".join(f"{r / 10:g}" for r in range(11)),
+        help="missing rates, comma-separated, each in [0, 1]",
+    )
     parser.add_argument("--types", default="image,text,both", help="missing types")
-    parser.add_argument("--noise_levels", default=",".join(str(v) for v in range(11)))
+    parser.add_argument(
+        "--noise_levels",
+        default=",".join(str(v) for v in range(11)),
+        help=f"noise levels, comma-separated, each in [0, {MAX_NOISE_LEVEL}]",
+    )
     parser.add_argument("--noise_modalities", default="image,text")
     parser.add_argument("--seeds", default="0", help="protocol seeds, comma-separated")
     parser.add_argument(
@@ -211,7 +259,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=None,
         help="what replaces a missing modality (default: the model's missing_strategy)",
     )
-    parser.add_argument("--noise_fraction", type=float, default=0.5)
+    parser.add_argument(
+        "--noise_fraction", type=float, default=0.5, help="noised share of the samples, in [0, 1]"
+    )
     parser.add_argument(
         "--metric", default=None, help="the one metric to plot (default: the task scores)"
     )
@@ -233,17 +283,19 @@ def run_config(checkpoint: Path, overrides: list[str]) -> list[str]:
 
 def run_robustness(argv: list[str]) -> pd.DataFrame:
     args, overrides = parse_args(argv)
+    # the grid is checked before anything loads or is written (user errors: one line, exit 2)
+    grid = build_grid(
+        rates=_floats(args.rates, "--rates", 0.0, 1.0),
+        types=_names(args.types, "--types", MISSING_TYPES),
+        levels=_floats(args.noise_levels, "--noise_levels", 0.0, MAX_NOISE_LEVEL),
+        modalities=_names(args.noise_modalities, "--noise_modalities", NOISE_MODALITIES),
+        seeds=_ints(args.seeds, "--seeds"),
+    )
+    _floats(str(args.noise_fraction), "--noise_fraction", 0.0, 1.0)
     checkpoint = Path(args.ckpt_path)
-    if not checkpoint.is_file():  # a user error: `rlrt: error: ...` and exit status 2
+    if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint} (--ckpt_path)")
     output = Path(args.output)
-    grid = build_grid(
-        rates=_floats(args.rates),
-        types=[t for t in args.types.split(",") if t],
-        levels=_floats(args.noise_levels),
-        modalities=[m for m in args.noise_modalities.split(",") if m],
-        seeds=[int(s) for s in args.seeds.split(",") if s],
-    )
     logger = {  # each build's config.yaml, metrics.json and raw test logs, a new version each
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": str(output / "runs"), "name": "robustness"},

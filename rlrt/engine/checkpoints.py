@@ -141,6 +141,27 @@ def check_same(
             )
 
 
+CLASS_HPARAMS = ("num_classes", "task", "class_names")
+
+
+def other_classes_hint(saved: Mapping[str, Any], ours: Mapping[str, Any], source: object) -> str:
+    """What to do about a checkpoint whose classes (`CLASS_HPARAMS`) differ from the data's
+    (the `hint` of `check_same`): the checkpoint `source` belongs to another dataset."""
+
+    def classes(hparams: Mapping[str, Any]) -> str:
+        names = list(hparams.get("class_names") or [])
+        shown = ", ".join(map(str, names[:5])) + (", ..." if len(names) > 5 else "")
+        return f"{hparams.get('num_classes')} {hparams.get('task')} classes" + (
+            f" ({shown})" if shown else ""
+        )
+
+    return (
+        f"{source} was trained on another dataset: {classes(saved)}, where this data has "
+        f"{classes(ours)}; evaluate it on the data it was trained on (its run's config.yaml "
+        "names it), or fit a model on this data"
+    )
+
+
 def last_checkpoint_candidates(folders: Iterable[Path]) -> list[Path]:
     """Every `last*.ckpt` directly in any of `folders`, the most recently written first."""
     candidates = [p for folder in folders for p in Path(folder).glob("last*.ckpt") if p.is_file()]

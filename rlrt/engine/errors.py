@@ -96,15 +96,15 @@ def run_reporting_errors(command: Callable[[list[str]], T], argv: list[str], nam
     argv, debug = split_debug_flag(argv)
     try:
         return command(argv)
-    except (KeyboardInterrupt, SystemExit) as stop:
+    except SIGTERMException as stop:  # a SystemExit with status 0: make it say and fail
+        print(terminated_message(stop), file=sys.stderr)
+        raise SystemExit(TERMINATED) from None
+    except (KeyboardInterrupt, SystemExit) as stop:  # after SIGTERMException, a SystemExit
         interrupt = interrupt_of(stop)
         if debug or interrupt is None:
             raise
         print(interrupted_message(interrupt), file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
-    except SIGTERMException as stop:  # a SystemExit with status 0: make it say and fail
-        print(terminated_message(stop), file=sys.stderr)
-        raise SystemExit(TERMINATED) from None
     except Exception as error:
         message = None if debug else user_error_message(error, name)
         if message is None:

@@ -15,6 +15,8 @@ def atomic_write_text(path: str | Path, text: str | bytes, *, overwrite: bool = 
 
     With `overwrite=False`, an existing `path` is left alone and `FileExistsError` raised (checked
     when the file is put in place, so a file that appeared meanwhile is not replaced either).
+    A failed write (a full disk) leaves an existing `path` as it was, removes the temporary file
+    and raises an `OSError` naming `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +31,11 @@ def atomic_write_text(path: str | Path, text: str | bytes, *, overwrite: bool = 
             os.replace(tmp, path)
         else:
             _place_new(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.errno is not None and error.filename is None:  # a full disk names no file
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
