@@ -224,6 +224,7 @@ class RLRT(LightningModule):
         self.cca = None
         self.val_alignment = self.test_alignment = self.fit_moments = None
         self._running_log = RunningCorrelationLog()  # train/cca_corr_running's epoch mean
+        self._noise_floors: dict[tuple, float] = {}  # noise_floor by its arguments
         if self.molt is not None:
             if beta != 0:
                 self.cca = RunningCCALoss(
@@ -441,9 +442,10 @@ class RLRT(LightningModule):
         with alignment.sync_context(should_sync=True, should_unsync=True):
             n_held_out = int(alignment.count.item())
         alignment.reset()
-        floor = noise_floor(
-            int(fit.count.item()), n_held_out, alignment.width, alignment.r, alignment.top_k
-        )
+        key = (int(fit.count.item()), n_held_out, alignment.width, alignment.r, alignment.top_k)
+        if key not in self._noise_floors:  # every epoch has the same sizes, mostly
+            self._noise_floors[key] = noise_floor(*key)
+        floor = self._noise_floors[key]
         self.log(f"{stage}/cca_corr", per_layer.mean(), sync_dist=False)
         self.log(f"{stage}/cca_corr_noise_floor", floor, sync_dist=False)
         for layer, value in enumerate(per_layer):
