@@ -97,6 +97,7 @@ def interrupted_cache(tmp_path_factory, tiny_vit_config, tiny_llama_dir):
     return stopped, after_stop, again, cache, base / "full"
 
 
+@pytest.mark.slow  # CLI processes, one sent SIGINT (make test-all, CI)
 def test_ctrl_c_during_rlrt_cache_is_one_line_and_exit_130(interrupted_cache):
     stopped, _, _, cache, _ = interrupted_cache
     assert stopped.returncode == INTERRUPTED == 130, stopped.stderr[-3000:]
@@ -109,6 +110,7 @@ def test_ctrl_c_during_rlrt_cache_is_one_line_and_exit_130(interrupted_cache):
     assert stopped.stderr.rstrip().endswith(rlrt_lines(stopped.stderr)[0])
 
 
+@pytest.mark.slow  # CLI processes, one sent SIGINT (make test-all, CI)
 def test_an_interrupted_cache_does_not_look_complete(interrupted_cache):
     _, after_stop, _, _, _ = interrupted_cache
     assert "manifest.json" not in after_stop["files"]  # written last, only when complete
@@ -117,6 +119,7 @@ def test_an_interrupted_cache_does_not_look_complete(interrupted_cache):
     assert 0 < done.sum() < done.size  # stopped part-way, the rows written before kept
 
 
+@pytest.mark.slow  # CLI processes, one sent SIGINT (make test-all, CI)
 def test_the_same_command_again_finishes_the_cache(interrupted_cache):
     _, _, again, cache, full = interrupted_cache
     assert again.returncode == 0, again.stderr[-3000:]
@@ -132,6 +135,7 @@ def test_the_same_command_again_finishes_the_cache(interrupted_cache):
 # ------------------------------------------------------------- two `rlrt fit` at once, one folder
 
 
+@pytest.mark.slow  # two CLI fits at once (make test-all, CI)
 def test_two_fits_started_at_once_into_one_logger_directory_keep_their_own_runs(
     tmp_path, tiny_vit_config, tiny_llama_dir
 ):
