@@ -4,26 +4,33 @@ and encoded: whole batches of rows, gathered with one fancy index per memory-map
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rlrt.cache.builder import human_bytes
-from rlrt.cache.content import cache_identity, content_fingerprint
+from rlrt.cache.content import CachedData, cache_identity, content_fingerprint
 from rlrt.cache.format import CacheMemoryError, SplitCacheReader, check_content, check_fields
 from rlrt.cache.resident import ResidentSplit, stored_bytes
+from rlrt.engine.units import human_bytes
 from rlrt.features import Features
 
 from .records import SampleRecord
 from .resumable import ResumableDataLoader
 
-if TYPE_CHECKING:
-    from .base import ImageTextDataModule
+
+class CachedDataModule(CachedData, Protocol):
+    """What `open_cached_split` reads of a data module (`ImageTextDataModule` is one; naming it
+    here would make the base import its own importer)."""
+
+    feature_cache: Path
+    task: str
+    num_classes: int
 
 
-def open_cached_split(datamodule: ImageTextDataModule, split: str) -> CachedBatches:
+def open_cached_split(datamodule: CachedDataModule, split: str) -> CachedBatches:
     """The batches of `split` from `datamodule.feature_cache`, after checking that the cache was
     built for these samples (ids, order) and that their files did not change since.
 

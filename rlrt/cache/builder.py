@@ -57,6 +57,7 @@ from rlrt.cache.format import (
     verify_split,
 )
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder, TextTokenizer
+from rlrt.engine.units import human_bytes
 
 SPLITS = ("train", "val", "test")
 
@@ -574,17 +575,6 @@ def existing_ancestor(path: Path) -> Path:
     while not path.exists():
         path = path.parent
     return path
-
-
-def human_bytes(size: float) -> str:
-    """`size` bytes in binary units: `812 B`, `3.4 MiB`, `1.2 GiB`."""
-    if size < 1024:
-        return f"{int(size)} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        size /= 1024
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}"
-    raise AssertionError("unreachable")
 
 
 MARGIN_FRACTION = 0.05  # of the bytes needed: file-system overhead, estimates off by a little

@@ -9,18 +9,44 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from rlrt.cache.format import ids_digest
 
-if TYPE_CHECKING:
-    from data_modules.base import ImageTextDataModule
-    from data_modules.records import SampleRecord
+
+class Sample(Protocol):
+    """What the cache reads of a sample (`data_modules.records.SampleRecord` is one). The cache
+    sits below the data modules: it names what it needs, not their classes."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def image_path(self) -> Path | None: ...
 
 
-def cache_identity(datamodule: ImageTextDataModule, split: str) -> dict[str, Any]:
+class SplitRecords(Protocol):
+    """A split as the cache reads it: its samples in order (an `ImageTextDataset` is one)."""
+
+    @property
+    def records(self) -> list[Sample]: ...
+
+
+class CachedData(Protocol):
+    """A data module as the cache reads it (`data_modules.base.ImageTextDataModule` is one)."""
+
+    image_size: int
+    root: Path | None
+
+    def dataset(self, split: str) -> SplitRecords: ...
+
+
+def cache_identity(datamodule: CachedData, split: str) -> dict[str, Any]:
     """The data side of a cache manifest: which data module, which samples, in which order."""
     ids = [r.id for r in datamodule.dataset(split).records]
     cls = type(datamodule)
@@ -32,7 +58,7 @@ def cache_identity(datamodule: ImageTextDataModule, split: str) -> dict[str, Any
     }
 
 
-def image_table(records: list[SampleRecord]) -> tuple[list[Path], np.ndarray]:
+def image_table(records: list[Sample]) -> tuple[list[Path], np.ndarray]:
     """Distinct image files in first-seen order, and each sample's row among them (-1: none)."""
     rows: dict[Path, int] = {}
     sample_rows = np.full(len(records), -1, dtype=np.int64)
@@ -54,9 +80,7 @@ def image_stats(paths: list[Path]) -> np.ndarray:
     return stats
 
 
-def content_fingerprint(
-    records: list[SampleRecord], root: Path | None = None
-) -> tuple[str, np.ndarray]:
+def content_fingerprint(records: list[Sample], root: Path | None = None) -> tuple[str, np.ndarray]:
     """What a split's features depend on, hashed cheaply: SHA-256 of every sample's id and text
     (as the dataset read it: a text may live in a JSON or CSV file that holds other things too)
     and its image file (the path, relative to `root` when inside it, with its size and

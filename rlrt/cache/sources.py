@@ -5,18 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from data_modules.images import load_image
-from rlrt.cache.content import content_fingerprint, image_table
-
-if TYPE_CHECKING:
-    from data_modules.base import ImageTextDataModule
-    from data_modules.records import SampleRecord
+from rlrt.cache.content import CachedData, Sample, content_fingerprint, image_table
 
 
 class ImageRowsDataset(Dataset):
@@ -79,9 +75,7 @@ class CacheSources:
         return TextRowsDataset(self.texts, rows)
 
 
-def cache_sources(
-    records: list[SampleRecord], image_size: int, root: Path | None = None
-) -> CacheSources:
+def cache_sources(records: list[Sample], image_size: int, root: Path | None = None) -> CacheSources:
     paths, sample_rows = image_table(records)
     digest, stats = content_fingerprint(records, root)
     return CacheSources(
@@ -95,6 +89,6 @@ def cache_sources(
     )
 
 
-def split_sources(datamodule: ImageTextDataModule, split: str) -> CacheSources:
+def split_sources(datamodule: CachedData, split: str) -> CacheSources:
     """The distinct images and the texts of one split of `datamodule`."""
     return cache_sources(datamodule.dataset(split).records, datamodule.image_size, datamodule.root)
