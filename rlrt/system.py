@@ -14,16 +14,16 @@ from torch import Tensor, nn
 
 from callbacks.perturb import drop_modalities
 from rlrt.alignment import FitMoments, noise_floor
-from rlrt.cache.format import check_fields
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
-from rlrt.engine.checkpoints import (
-    CLASS_HPARAMS,
-    add_digest,
-    check_same,
-    other_classes_hint,
-    verify_digest,
-)
 from rlrt.features import Features
+from rlrt.identity import (
+    adopt_cache_encoders,
+    check_checkpoint,
+    check_data_classes,
+    encoder_identity,
+    fill_unsaved_state,
+    prepare_for_saving,
+)
 from rlrt.losses import RunningCCALoss, check_cca_window
 from rlrt.metrics import HeldOutCorrelation, make_metrics
 from rlrt.missing import (
@@ -35,31 +35,6 @@ from rlrt.missing import (
 )
 from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
 from rlrt.running_log import RunningCorrelationLog, logs_this_step
-
-ENCODER_PREFIXES = ("image_encoder.", "text_encoder.")
-# Hyperparameters that shape the trained head or the meaning of its outputs: a checkpoint must
-# agree with the config on each of them (the optimiser's and the loss's settings may differ).
-ARCHITECTURE_HPARAMS = (
-    "num_classes",
-    "task",
-    "class_names",
-    "common_dim",
-    "num_heads",
-    "fbp_window",
-    "fusion_dim",
-    "hidden_dim",
-    "num_queries",
-    "fusion",
-    "cross_attention",
-    "bilinear",
-    "use_robust",
-    "use_image_embedding",
-    "use_text_embedding",
-)
-
-
-# A checkpoint written before the `fusion` switch existed used the layer weighting.
-FUSION_BEFORE_THE_SWITCH = "layer_weights"
 
 
 class RLRT(LightningModule):
@@ -345,16 +320,11 @@ class RLRT(LightningModule):
         other encoders than this model's; load the encoders' weights when the data is encoded
         online (before a DDP wrap sees the model), never when it comes from the cache."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if isinstance(data_classes, int) and data_classes != self.num_classes:
-            raise ValueError(
-                f"the model has num_classes={self.num_classes} but the data module "
-                f"{type(datamodule).__name__} has {data_classes} classes; build the model with "
-                "the data's num_classes (the CLI links it from the data module)"
-            )
+        check_data_classes(self.num_classes, datamodule)
         manifest = getattr(datamodule, "feature_cache_manifest", None)
         if manifest is not None:
-            self.adopt_cache_encoders(manifest, Path(str(datamodule.feature_cache)))
+            encoders = {"image": self.image_encoder, "text": self.text_encoder}
+            adopt_cache_encoders(encoders, manifest, Path(str(datamodule.feature_cache)))
         else:  # straight onto the trainer's device (Lightning moves the module after setup)
             device = self.trainer.strategy.root_device if self._trainer else None
             self.image_encoder.load(device)
@@ -524,74 +494,20 @@ class RLRT(LightningModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def encoder_identity(self) -> dict[str, Any]:
-        return {"image": self.image_encoder.identity(), "text": self.text_encoder.identity()}
-
-    def adopt_cache_encoders(self, manifest: dict[str, Any], folder: Path) -> None:
-        """Check a feature cache's encoders against this model's config (everything but the
-        weights' fingerprint, which would mean reading the weight files), then take the cache's
-        fingerprints: the head trains on the cache's features, so its checkpoint records the
-        weights that made them. An online run later compares them with the files."""
-        saved = manifest.get("encoders")
-        saved = saved if isinstance(saved, dict) else {}
-        encoders = {"image": self.image_encoder, "text": self.text_encoder}
-        without_fingerprints = {
-            side: {k: v for k, v in (saved.get(side) or {}).items() if k != "weights_fingerprint"}
-            for side in encoders
-        }
-        ours = {side: encoder.identity_fields() for side, encoder in encoders.items()}
-        check_fields({"encoders": without_fingerprints}, {"encoders": ours}, folder)
-        for side, encoder in encoders.items():
-            encoder.adopt_weights_fingerprint(saved[side].get("weights_fingerprint"))
+        return encoder_identity({"image": self.image_encoder, "text": self.text_encoder})
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the trainable part and the encoders' identity, never the frozen weights."""
-        state = checkpoint["state_dict"]
-        checkpoint["state_dict"] = {
-            k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIXES)
-        }
-        checkpoint["rlrt_encoders"] = self.encoder_identity()
-        add_digest(checkpoint)  # Lightning calls this hook last: the digest covers everything
+        prepare_for_saving(checkpoint, self.encoder_identity())  # Lightning calls this hook last
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a corrupted checkpoint or one trained on other encoders or with another head;
         refill the frozen weights from ours."""
-        verify_digest(checkpoint)
-        saved_hparams = {
-            "fusion": FUSION_BEFORE_THE_SWITCH,
-            **checkpoint.get("hyper_parameters", {}),
-        }
         ours = {**self.hparams, "num_classes": self.num_classes, "task": self.task}
         source = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".rstrip()
-        check_same(
-            saved_hparams, ours, CLASS_HPARAMS, "", other_classes_hint(saved_hparams, ours, source)
-        )
-        check_same(
-            saved_hparams,
-            ours,
-            ARCHITECTURE_HPARAMS,
-            "",
-            "a checkpoint only fits a model built like the one it was trained with "
-            "(see the checkpoint's config.yaml)",
-        )
-        saved = checkpoint.get("rlrt_encoders")
-        if saved is not None:
-            ours = self.encoder_identity()
-            for side in ("image", "text"):
-                for key in sorted(set(saved[side]) | set(ours[side])):
-                    if saved[side].get(key) != ours[side].get(key):
-                        raise ValueError(
-                            f"checkpoint was trained with {side} encoder {key}="
-                            f"{saved[side].get(key)!r} but the config gives "
-                            f"{ours[side].get(key)!r}; "
-                            "use the checkpoint's encoder settings (see its config.yaml)"
-                        )
+        check_checkpoint(checkpoint, ours, self.encoder_identity(), source)
         if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
             # Evaluating: the training callbacks' states (checkpointing, exact resume) have no
             # use, and Lightning would ask for those callbacks in a warning at every test.
             checkpoint.pop("callbacks", None)
-        state = checkpoint["state_dict"]
-        for key, value in self.state_dict().items():
-            # The frozen weights are ours; a checkpoint from before the running L_CCA statistics
-            # (or the training features `cca_corr` fits on) existed starts them empty.
-            if key.startswith(ENCODER_PREFIXES) or key.startswith(("cca.", "fit_moments.")):
-                state.setdefault(key, value)
+        fill_unsaved_state(checkpoint["state_dict"], self.state_dict())
