@@ -253,16 +253,16 @@ def test_no_project_import_inside_a_function():
 
 
 def test_the_package_shows_its_architecture():
-    """`ls rlrt`: the method's modules, the command line, and four wings."""
+    """`ls rlrt`: the method's modules and packages (encoders, modules), the command line, and
+    four wings."""
     wings = {p.name for p in (REPO / "rlrt").iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert wings == {"modules", "commands", "engine", "cache", "reports"}
+    assert wings == {"encoders", "modules", "commands", "engine", "cache", "reports"}
     flat = {p.stem for p in (REPO / "rlrt").glob("*.py")}
     assert flat == {
         "__init__",
         "alignment",
         "basis",
         "cli",
-        "encoders",
         "features",
         "image_towers",
         "losses",
