@@ -12,7 +12,7 @@ composed after the other configs; mean ± std are over training seeds x protocol
         --config configs/model/demo.yaml --variants full,late_fusion,modality_dropout \
         --train_seeds 0,1,2 --output results/compare
 
-`make robustness-evidence` runs this on the demo data (the README's evidence).
+`make robustness-evidence` runs this on the demo data (docs/evidence.md).
 """
 
 from __future__ import annotations

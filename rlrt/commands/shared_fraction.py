@@ -19,7 +19,7 @@ every cell the combined report is rewritten into `--output` (`shared_fraction.cs
         --config configs/model/demo.yaml --config configs/model/demo_mobilenet.yaml \
         --fractions 0,0.33,0.67,1 --train_seeds 0,1,2 --seeds 0,1 --output docs/evidence
 
-`make evidence-shared` runs the study of the README.
+`make evidence-shared` runs the study of docs/evidence.md.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from rlrt.system import RLRT
 class RLRTCLI(LightningCLI):
     """LightningCLI for `RLRT` with any `LightningDataModule` by `class_path`.
 
-    Reliability (see README, "Reliability"):
+    Reliability (docs/reliability.md):
     - parse errors raise `ArgumentError` (`main` prints them as one line) instead of a usage dump;
     - every run writes into a new run directory and refuses to reuse one (`NoOverwriteSaveConfig`);
       it is created before anything runs (`claim_run_dirs`), so runs started at once get one each;
