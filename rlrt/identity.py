@@ -10,12 +10,10 @@ fingerprints, so that its checkpoints name the weights behind what it learnt fro
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from rlrt.cache.format import check_fields
 from rlrt.engine.checkpoints import (
     CLASS_HPARAMS,
     add_digest,
@@ -113,14 +111,12 @@ def fill_unsaved_state(saved: dict[str, Tensor], own: Mapping[str, Tensor]) -> N
             saved.setdefault(key, value)
 
 
-def adopt_cache_encoders(
-    encoders: Mapping[str, Any], manifest: dict[str, Any], folder: Path
-) -> None:
-    """Check a feature cache's encoders against this model's `encoders` (`{"image": ...,
-    "text": ...}`; everything but the weights' fingerprint, which would mean reading the weight
-    files), then take the cache's fingerprints: the head trains on the cache's features, so its
-    checkpoint records the weights that made them. An online run later compares them with the
-    files."""
+def cache_encoder_fields(
+    encoders: Mapping[str, Any], manifest: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A feature cache's encoders and this model's `encoders` (`{"image": ..., "text": ...}`),
+    as `{"encoders": {side: fields}}` each, for `rlrt.cache.format.check_fields` to compare:
+    everything but the weights' fingerprint, which would mean reading the weight files."""
     saved = manifest.get("encoders")
     saved = saved if isinstance(saved, dict) else {}
     without_fingerprints = {
@@ -128,9 +124,15 @@ def adopt_cache_encoders(
         for side in encoders
     }
     ours = {side: encoder.identity_fields() for side, encoder in encoders.items()}
-    check_fields({"encoders": without_fingerprints}, {"encoders": ours}, folder)
+    return {"encoders": without_fingerprints}, {"encoders": ours}
+
+
+def adopt_cache_fingerprints(encoders: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
+    """Give `encoders` the weights' fingerprints of a feature cache whose other fields matched
+    (`cache_encoder_fields`): the head trains on the cache's features, so its checkpoint records
+    the weights that made them. An online run later compares them with the files."""
     for side, encoder in encoders.items():
-        encoder.adopt_weights_fingerprint(saved[side].get("weights_fingerprint"))
+        encoder.adopt_weights_fingerprint(manifest["encoders"][side].get("weights_fingerprint"))
 
 
 def check_data_classes(num_classes: int, datamodule: Any) -> None:

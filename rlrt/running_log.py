@@ -42,6 +42,16 @@ class RunningCorrelationLog:
         self.total += valid * value.detach().to(torch.float64) * batch_size
         self.weight += valid * batch_size
 
+    def step(self, module: Any, loss: Tensor, both: Tensor, batch_size: int) -> Tensor | None:
+        """Add a training step's running correlation `1 - loss` (`loss ()`: `L_CCA`; `both (B,)`:
+        the complete pairs). Returns it when the step logs it: a batch of at least 2 complete
+        pairs, at a step a logger writes (only then is the count asked of the device)."""
+        pairs = both.sum()
+        self.update(1.0 - loss, pairs, batch_size)
+        if logs_this_step(module) and int(pairs) >= 2:
+            return 1.0 - loss
+        return None
+
     def compute_and_reset(self) -> float | None:
         """The epoch mean (None when no batch counted), then start over (asks the device)."""
         total, weight = self.total, self.weight

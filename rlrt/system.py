@@ -13,19 +13,21 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from callbacks.perturb import drop_modalities
-from rlrt.alignment import FitMoments, noise_floor
+from rlrt.cache.format import check_fields
+from rlrt.cca_tracking import NoiseFloors, alignment_metrics, build_cca_parts
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.features import Features
 from rlrt.identity import (
-    adopt_cache_encoders,
+    adopt_cache_fingerprints,
+    cache_encoder_fields,
     check_checkpoint,
     check_data_classes,
     encoder_identity,
     fill_unsaved_state,
     prepare_for_saving,
 )
-from rlrt.losses import RunningCCALoss, check_cca_window
-from rlrt.metrics import HeldOutCorrelation, make_metrics
+from rlrt.losses import check_cca_window
+from rlrt.metrics import make_metrics
 from rlrt.missing import (
     Strategy,
     check_strategy,
@@ -34,7 +36,7 @@ from rlrt.missing import (
     substitute_missing,
 )
 from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
-from rlrt.running_log import RunningCorrelationLog, logs_this_step
+from rlrt.running_log import RunningCorrelationLog
 
 
 class RLRT(LightningModule):
@@ -196,32 +198,19 @@ class RLRT(LightningModule):
             use_text_embedding=use_text_embedding,
             dropout=dropout,
         )
-        self.cca = None
-        self.val_alignment = self.test_alignment = self.fit_moments = None
-        self._running_log = RunningCorrelationLog()  # train/cca_corr_running's epoch mean
-        self._noise_floors: dict[tuple, float] = {}  # noise_floor by its arguments
-        if self.molt is not None:
-            if beta != 0:
-                self.cca = RunningCCALoss(
-                    num_layers=num_layers,
-                    dim=common_dim,
-                    window=cca_window,
-                    r=cca_reg,
-                    top_k=cca_top_k,
-                    drop_constant=cca_drop_constant,
-                )
-            # Measured whether or not the loss is on: `no_cca` is compared on it.
-            alignment = HeldOutCorrelation(
+        self.cca = self.val_alignment = self.test_alignment = self.fit_moments = None
+        if self.molt is not None:  # `rlrt.cca_tracking`
+            self.cca, self.val_alignment, self.test_alignment, self.fit_moments = build_cca_parts(
                 num_layers=num_layers,
                 dim=common_dim,
+                beta=beta,
+                window=cca_window,
                 r=cca_reg,
                 top_k=cca_top_k,
                 drop_constant=cca_drop_constant,
             )
-            self.val_alignment = alignment.clone()
-            self.test_alignment = alignment.clone()
-            # the training features `cca_corr`'s directions are fitted on
-            self.fit_moments = FitMoments(num_layers=num_layers, dim=common_dim)
+        self._running_log = RunningCorrelationLog()  # train/cca_corr_running's epoch mean
+        self._noise_floors = NoiseFloors()
         # per stage and cache, the samples whose features were found finite (`_check_finite_once`)
         self._finite_checked: dict[str, set[str]] = {}
         metrics = make_metrics(task, num_classes)
@@ -324,7 +313,9 @@ class RLRT(LightningModule):
         manifest = getattr(datamodule, "feature_cache_manifest", None)
         if manifest is not None:
             encoders = {"image": self.image_encoder, "text": self.text_encoder}
-            adopt_cache_encoders(encoders, manifest, Path(str(datamodule.feature_cache)))
+            folder = Path(str(datamodule.feature_cache))
+            check_fields(*cache_encoder_fields(encoders, manifest), folder)
+            adopt_cache_fingerprints(encoders, manifest)
         else:  # straight onto the trainer's device (Lightning moves the module after setup)
             device = self.trainer.strategy.root_device if self._trainer else None
             self.image_encoder.load(device)
@@ -362,12 +353,11 @@ class RLRT(LightningModule):
             if self.fit_moments is not None and h_image is not None:
                 self.fit_moments.update(h_image, h_text, both)
             if self.cca is not None and self.cca.active:  # nothing to report while it fills
-                pairs = both.sum()
-                self._running_log.update(1.0 - cca, pairs, batch_size)
                 # nothing for a batch of fewer than 2 complete pairs (its loss is 0, not a 1.0
-                # correlation); its count is asked of the device only when a logger writes
-                if logs_this_step(self) and int(pairs) >= 2:
-                    self.log("train/cca_corr_running_step", 1.0 - cca, batch_size=batch_size)
+                # correlation)
+                value = self._running_log.step(self, cca, both, batch_size)
+                if value is not None:
+                    self.log("train/cca_corr_running_step", value, batch_size=batch_size)
         else:
             loss = task_loss
             alignment = self.val_alignment if stage == "val" else self.test_alignment
@@ -397,29 +387,16 @@ class RLRT(LightningModule):
         return loss
 
     def _log_alignment(self, stage: str) -> None:
-        """Log `{stage}/cca_corr` (mean over layer pairs), `{stage}/cca_corr_layer{l}` and
-        `{stage}/cca_corr_noise_floor`: out of sample, the directions fitted on the training
-        features (`fit_moments`), scored on this split's. NaN without training features (a
-        checkpoint from before they were kept) or with too few samples."""
+        """Log `cca_corr`, per layer pair and with its noise floor (`alignment_metrics`)."""
         alignment = self.val_alignment if stage == "val" else self.test_alignment
         if alignment is None:
             return
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        if fitting:  # every process's training features (a collective: all processes get here)
-            self.fit_moments.pool()
-        fit = self.fit_moments.moments(include_local=not fitting)
-        per_layer = alignment.out_of_sample(fit).float().reshape(-1)  # (L_s,)
-        with alignment.sync_context(should_sync=True, should_unsync=True):
-            n_held_out = int(alignment.count.item())
-        alignment.reset()
-        key = (int(fit.count.item()), n_held_out, alignment.width, alignment.r, alignment.top_k)
-        if key not in self._noise_floors:  # every epoch has the same sizes, mostly
-            self._noise_floors[key] = noise_floor(*key)
-        floor = self._noise_floors[key]
-        self.log(f"{stage}/cca_corr", per_layer.mean(), sync_dist=False)
-        self.log(f"{stage}/cca_corr_noise_floor", floor, sync_dist=False)
-        for layer, value in enumerate(per_layer):
-            self.log(f"{stage}/cca_corr_layer{layer}", value, sync_dist=False)
+        floors = self._noise_floors
+        for name, value in alignment_metrics(
+            stage, alignment, self.fit_moments, floors, fitting=fitting
+        ).items():
+            self.log(name, value, sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
         mean = self._running_log.compute_and_reset()
