@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rlrt.cache.content import CachedData, cache_identity, content_fingerprint
-from rlrt.cache.format import CacheMemoryError, SplitCacheReader, check_content, check_fields
+from rlrt.cache.content import CachedData, cache_identity, check_content, content_fingerprint
+from rlrt.cache.format import CacheMemoryError, check_fields
+from rlrt.cache.reader import SplitCacheReader
 from rlrt.cache.resident import ResidentSplit, stored_bytes
 from rlrt.engine.units import human_bytes
 from rlrt.features import Features

@@ -19,7 +19,7 @@ from lightning import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from data_modules import DemoMMIMDBDataModule
-from rlrt.cache.format import SplitCacheReader, verify_split
+from rlrt.cache.reader import SplitCacheReader, verify_split
 from rlrt.engine.checkpoints import read_checkpoint
 from rlrt.engine.errors import INTERRUPTED
 from tests.test_cli_errors import demo_args

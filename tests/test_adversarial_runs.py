@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from data_modules.fakes.labelled_file import write_labelled_example
-from rlrt.cache.format import LOCK_NAME
+from rlrt.cache.lock import LOCK_NAME
 from rlrt.engine.checkpoints import read_checkpoint
 from rlrt.engine.errors import INTERRUPTED, run_reporting_errors
 from rlrt.engine.lightning_cli import RLRTCLI

@@ -9,7 +9,7 @@ from lightning import Trainer
 from torch.utils.data import DistributedSampler
 
 from rlrt.cache.builder import Segment, Segments
-from rlrt.cache.format import SplitCacheReader
+from rlrt.cache.reader import SplitCacheReader
 from tests.test_feature_cache import build_cache
 
 

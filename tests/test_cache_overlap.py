@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from rlrt.cache.builder import CacheWriteError, RowWriter
-from rlrt.cache.format import SplitCacheReader, SplitCacheWriter
+from rlrt.cache.reader import SplitCacheReader
 from rlrt.cache.sources import split_sources
+from rlrt.cache.writer import SplitCacheWriter
 from rlrt.encoders import TextTokenizer
 from rlrt.engine.errors import user_error_message
 from tests.test_feature_cache import build_cache, make_pair

@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 
 from data_modules import DemoMMIMDBDataModule
-from rlrt.cache.format import (
-    LOCK_NAME,
-    CacheBusyError,
-    CacheCorruptError,
-    SplitCacheReader,
-    cache_write_lock,
-    verify_split,
-)
+from rlrt.cache.format import CacheBusyError, CacheCorruptError
+from rlrt.cache.lock import LOCK_NAME, cache_write_lock
+from rlrt.cache.reader import SplitCacheReader, verify_split
 from rlrt.cli import main
 from rlrt.commands.cache import run_cache
 from tests.test_cli import demo_args

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlrt.cache.format import SplitCacheReader
+from rlrt.cache.reader import SplitCacheReader
 from rlrt.cache.resident import FREE_MEMORY_SHARE, ResidentSplit, keep_on_device, stored_bytes
 from tests.test_cache_storage import caches  # noqa: F401 - a module fixture, used by name
 from tests.test_feature_cache import cache, fit, make_pair  # noqa: F401 - `cache`: a fixture

@@ -19,11 +19,11 @@ from rlrt.cache.format import (
     CacheCorruptError,
     CacheMismatchError,
     Shapes,
-    SplitCacheReader,
     dequantize,
     estimated_split_bytes,
     quantize,
 )
+from rlrt.cache.reader import SplitCacheReader
 from rlrt.commands.cache import run_cache
 from tests.test_cache_reliability import rlrt_cache
 from tests.test_cli import demo_args

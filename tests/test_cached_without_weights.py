@@ -10,7 +10,7 @@ import open_clip
 import pytest
 import torch
 
-from rlrt.cache.format import SplitCacheReader
+from rlrt.cache.reader import SplitCacheReader
 from rlrt.commands.cache import run_cache
 from rlrt.commands.robustness import run_robustness
 from rlrt.engine.lightning_cli import RLRTCLI

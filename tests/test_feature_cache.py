@@ -13,7 +13,8 @@ from lightning import Callback, Trainer, seed_everything
 from data_modules import DemoMMIMDBDataModule
 from data_modules.base import SampleRecord
 from rlrt.cache.content import image_table
-from rlrt.cache.format import CacheMismatchError, SplitCacheReader
+from rlrt.cache.format import CacheMismatchError
+from rlrt.cache.reader import SplitCacheReader
 from rlrt.commands.cache import run_cache
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
 from rlrt.system import RLRT

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from data_modules import DemoMMIMDBDataModule
-from rlrt.cache.format import CacheMismatchError, CacheStaleError, SplitCacheReader
+from rlrt.cache.format import CacheMismatchError, CacheStaleError
+from rlrt.cache.reader import SplitCacheReader
 from rlrt.commands.cache import run_cache
 from tests.test_cli_errors import fails_in_one_line
 from tests.test_feature_cache import build_cache

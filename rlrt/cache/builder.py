@@ -38,7 +38,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from rlrt.cache.content import image_table
+from rlrt.cache.content import changed_image_files, image_table, stale_message
 from rlrt.cache.format import (
     CONTENT_FIELD,
     CacheCorruptError,
@@ -46,16 +46,13 @@ from rlrt.cache.format import (
     CacheSpaceError,
     CacheStaleError,
     Shapes,
-    SplitCacheReader,
-    SplitCacheWriter,
-    changed_image_files,
     estimated_split_bytes,
     first_difference,
     load_array,
     read_json,
-    stale_message,
-    verify_split,
 )
+from rlrt.cache.reader import SplitCacheReader, verify_split
+from rlrt.cache.writer import SplitCacheWriter
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder, TextTokenizer
 from rlrt.engine.units import human_bytes
 

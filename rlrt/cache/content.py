@@ -1,6 +1,6 @@
 """What a split's cached features depend on: which samples in which order (`cache_identity`) and
 their content, fingerprinted cheaply (`content_fingerprint`). Both go into a split's manifest when
-the cache is built and are compared when it is opened."""
+the cache is built and are compared when it is opened: `check_content` refuses a stale split."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rlrt.cache.format import ids_digest
+from rlrt.cache.format import CONTENT_FIELD, REBUILD, CacheStaleError, ids_digest
+from rlrt.cache.reader import SplitCacheReader
 
 
 class Sample(Protocol):
@@ -103,3 +104,46 @@ def content_fingerprint(records: list[Sample], root: Path | None = None) -> tupl
     for record, row in zip(records, sample_rows.tolist()):
         digest.update(json.dumps([record.id, record.text, row]).encode() + b"\n")
     return digest.hexdigest(), stats
+
+
+def stale_message(folder: Path, changed_images: int | None, num_images: int) -> str:
+    """One line: the cache `folder` (a split folder) is stale, with what changed if known."""
+    if changed_images:
+        what = f"sizes or modification times of {changed_images} of {num_images} image files"
+    elif changed_images == 0:
+        what = "the texts or image paths of some samples; no image file changed"
+    else:
+        what = "sizes or modification times of image files, or the texts"
+    return (
+        f"feature cache {folder.parent}: the {folder.name} split's dataset files changed since "
+        f"the cache was built ({what}); rebuild it with `rlrt cache` (same config) and --overwrite"
+    )
+
+
+def check_content(reader: SplitCacheReader, digest: str, stats: np.ndarray) -> None:
+    """Refuse (`CacheStaleError`) a split whose manifest's `content_sha256` differs from `digest`,
+    the dataset's as set up now; `stats` (`(M, 2)` sizes and mtimes) count the changed image
+    files. A cache built before the field existed is refused too."""
+    saved = reader.manifest.get(CONTENT_FIELD)
+    if saved is None:
+        raise CacheStaleError(
+            f"feature cache {reader.folder} has no {CONTENT_FIELD} (built by an older rlrt, "
+            "which did not record the dataset files' sizes and modification times); "
+            f"{REBUILD}"
+        )
+    if saved != digest:
+        raise CacheStaleError(
+            stale_message(reader.folder, changed_image_files(reader.folder, stats), len(stats))
+        )
+
+
+def changed_image_files(folder: Path, stats: np.ndarray) -> int | None:
+    """How many rows of `stats` differ from the split's stored `image_stats.npy` (None when it is
+    missing or of another shape)."""
+    try:
+        saved = np.load(Path(folder) / "image_stats.npy", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if saved.shape != stats.shape:
+        return None
+    return int((saved != stats).any(axis=1).sum())

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlrt.cache.format import SplitCacheReader
+from rlrt.cache.reader import SplitCacheReader
 from rlrt.features import Features
 
 ResidentMode = Literal["auto", "always", "never"]

@@ -17,8 +17,9 @@ import torch
 from lightning import Callback
 
 from rlrt.cache.content import cache_identity
-from rlrt.cache.format import Shapes, SplitCacheWriter
+from rlrt.cache.format import Shapes
 from rlrt.cache.sources import split_sources
+from rlrt.cache.writer import SplitCacheWriter
 from rlrt.engine.lightning_cli import RLRTCLI
 
 # A measured fit: any device, nothing written, no validation, the epochs and steps timed.

@@ -48,14 +48,12 @@ from rlrt.cache.content import cache_identity
 from rlrt.cache.format import (
     CONTENT_FIELD,
     FORMAT_VERSION,
-    LOCK_NAME,
     STORAGE_DTYPES,
     CacheCorruptError,
     CacheSpaceError,
-    SplitCacheReader,
-    cache_write_lock,
-    verify_split,
 )
+from rlrt.cache.lock import LOCK_NAME, cache_write_lock
+from rlrt.cache.reader import SplitCacheReader, verify_split
 from rlrt.cache.sources import split_sources
 from rlrt.engine.errors import interrupt_of
 from rlrt.engine.lightning_cli import RLRTCLI, parse_only

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from rlrt.cache.builder import SPLITS
-from rlrt.cache.format import FEATURE_ARRAYS, STORAGE_DTYPES, SplitCacheReader
+from rlrt.cache.format import FEATURE_ARRAYS, STORAGE_DTYPES
+from rlrt.cache.reader import SplitCacheReader
 from rlrt.commands.cache import run_cache
 from rlrt.engine.console import quiet_restores
 from rlrt.engine.files import atomic_write_json, atomic_write_text
