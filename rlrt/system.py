@@ -13,6 +13,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from callbacks.perturb import drop_modalities
+from rlrt.batch_features import FiniteCheck, cached_features, encode_batch
 from rlrt.cache.format import check_fields
 from rlrt.cca_tracking import NoiseFloors, alignment_metrics, build_cca_parts
 from rlrt.encoders import FrozenImageEncoder, FrozenTextEncoder
@@ -28,13 +29,7 @@ from rlrt.identity import (
 )
 from rlrt.losses import check_cca_window
 from rlrt.metrics import make_metrics
-from rlrt.missing import (
-    Strategy,
-    check_strategy,
-    encoder_inputs,
-    present_flags,
-    substitute_missing,
-)
+from rlrt.missing import Strategy, check_strategy, present_flags
 from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
 from rlrt.running_log import RunningCorrelationLog
 
@@ -211,8 +206,7 @@ class RLRT(LightningModule):
             )
         self._running_log = RunningCorrelationLog()  # train/cca_corr_running's epoch mean
         self._noise_floors = NoiseFloors()
-        # per stage and cache, the samples whose features were found finite (`_check_finite_once`)
-        self._finite_checked: dict[str, set[str]] = {}
+        self._finite_check = FiniteCheck()  # cached features, once per sample
         metrics = make_metrics(task, num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -221,17 +215,7 @@ class RLRT(LightningModule):
     def encode(self, batch: dict[str, Any]) -> Features:
         """Run the frozen encoders on a batch dict, the missing modalities replaced by the
         strategy in effect (`rlrt.missing`)."""
-        image_present, text_present = present_flags(batch, batch["image"].device)
-        texts, image_swap = encoder_inputs(
-            batch["text"], image_present, text_present, self.missing_strategy
-        )
-        image_tokens, image_mask, image_embedding = self.image_encoder(batch["image"], image_swap)
-        text_tokens, text_mask, text_embedding = self.text_encoder(texts)
-        features = Features(
-            image_tokens, image_mask, image_embedding, text_tokens, text_mask, text_embedding
-        )
-        # the encoders saw the dummy inputs (`dummy`): only `zero` has features left to replace
-        return substitute_missing(features, image_present, text_present, self.missing_strategy)
+        return encode_batch(self.image_encoder, self.text_encoder, batch, self.missing_strategy)
 
     def use_missing_strategy(self, strategy: Strategy | None) -> str:
         """Put `strategy` in effect (None: back to the `missing_strategy` hparam); returns the
@@ -242,40 +226,12 @@ class RLRT(LightningModule):
         return previous
 
     def features_of(self, batch: dict[str, Any]) -> Features:
-        """The batch's Features: from the cache when the batch carries them, else encoded now.
-
-        Cached features are stored for the real inputs; absent modalities get the cached dummy
-        inputs' features (`dummy`) or zeros (`zero`), as online encoding would.
-        """
+        """The batch's Features: from the cache when the batch carries them (checked finite the
+        first time a stage meets a sample), else encoded now (`rlrt.batch_features`)."""
         if "features" not in batch:
             return self.encode(batch)
-        features = batch["features"]
-        self._check_finite_once(features, batch["id"])
-        image_present, text_present = present_flags(batch)
-        return substitute_missing(
-            features, image_present, text_present, self.missing_strategy, batch["dummy_features"]
-        )
-
-    def _check_finite_once(self, features: Features, ids: list[str]) -> None:
-        """Stop at a cached sample with NaN or infinite features, naming it, rather than train on
-        it. The cache is checked when opened on a sample of rows (`rlrt cache --verify` checks
-        all); here each sample is checked the first time a stage meets it, so after the first
-        epoch the step no longer waits for the device to answer."""
-        where = ""  # the stage and the cache folder: the same ids may come from another cache
-        if self._trainer is not None:
-            cache = getattr(self.trainer.datamodule, "feature_cache", None)
-            where = f"{self.trainer.state.stage}:{cache}"
-        checked = self._finite_checked.setdefault(where, set())
-        if all(sample_id in checked for sample_id in ids):
-            return
-        bad = features.non_finite_samples()
-        if bool(bad.any()):
-            found = [ids[i] for i in bad.nonzero().flatten().tolist()[:3]]
-            raise ValueError(
-                f"the feature cache holds NaN or infinite features for sample(s) {found}; check "
-                "it with `rlrt cache ... --verify` and rebuild it with --overwrite"
-            )
-        checked.update(ids)
+        self._finite_check(batch["features"], batch["id"], self._trainer)
+        return cached_features(batch, self.missing_strategy)
 
     def forward(self, features: Features) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Features -> logits `(B, C)`, `h_i` `(L_s, B, d_c)`, `h_t` `(L_s, B, d_c)`.

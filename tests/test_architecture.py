@@ -262,6 +262,7 @@ def test_the_package_shows_its_architecture():
         "__init__",
         "alignment",
         "basis",
+        "batch_features",
         "cca_tracking",
         "cli",
         "features",
