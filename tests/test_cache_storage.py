@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning import Trainer
 
-from rlrt.cache import builder
+from rlrt.cache import space
 from rlrt.cache.format import (
     CacheCorruptError,
     CacheMismatchError,
@@ -376,8 +376,8 @@ def test_a_resumed_build_needs_only_what_is_not_allocated_yet(
     done[10:] = False
     done.flush()
     del done
-    monkeypatch.setattr(builder, "MARGIN_BYTES", 0)
-    free = builder.allocated_bytes(split) // 2  # far less than the split, more than its rest
+    monkeypatch.setattr(space, "MARGIN_BYTES", 0)
+    free = space.allocated_bytes(split) // 2  # far less than the split, more than its rest
     report_free(monkeypatch, free)
     status, out, err = rlrt_cache(caches, tmp_path / "fresh", capsys)
     assert status == 2 and "not enough disk space" in err

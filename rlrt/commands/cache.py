@@ -29,17 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlrt.cache.builder import (
-    DUMMY_COUNT,
     SPLITS,
     FeatureExtractor,
     RowWriter,
     SplitJob,
     build_dummy,
     build_splits,
-    check_disk_space,
     claim,
-    count_split,
-    folder_size,
     global_rank,
     is_complete,
     shapes_of,
@@ -55,6 +51,7 @@ from rlrt.cache.format import (
 from rlrt.cache.lock import LOCK_NAME, cache_write_lock
 from rlrt.cache.reader import SplitCacheReader, verify_split
 from rlrt.cache.sources import split_sources
+from rlrt.cache.space import DUMMY_COUNT, check_disk_space, count_split, folder_size
 from rlrt.engine.errors import interrupt_of
 from rlrt.engine.lightning_cli import RLRTCLI, parse_only
 
