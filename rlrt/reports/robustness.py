@@ -15,7 +15,7 @@ import pandas as pd
 from rlrt.engine.files import atomic_write_bytes, atomic_write_text
 from rlrt.reports.names import kind_title, metric_title, model_title, setting_title
 from rlrt.reports.plots import PANELS, figure_png, robustness_figure
-from rlrt.reports.tables import markdown_table
+from rlrt.reports.tables import markdown_table, percent_cell, spread
 
 COLUMNS = [
     "model",
@@ -56,18 +56,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         kind=lambda f: f["noise_modality"], amount=lambda f: f["noise_level"]
     )
     keys = ["model", "perturbation", "kind", "amount", "metric"]
-    stats = (
-        pd.concat([missing, noise])
-        .groupby(keys, sort=False)["value"]
-        .agg(mean="mean", std="std", n="count")
-        .reset_index()
-    )
-    stats["std"] = stats["std"].fillna(0.0)
-    return stats
-
-
-def _cell(mean: float, std: float, n: int) -> str:
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+    return spread(pd.concat([missing, noise]).groupby(keys, sort=False)["value"])
 
 
 AMOUNT_TITLES = {"missing": "missing rate (%)", "noise": "noise level"}
@@ -102,7 +91,7 @@ def headline(frame: pd.DataFrame, metric: str | None = None) -> str:
         cells = [model_title(model)]
         for _, part in columns:
             found = part[part["model"] == model]
-            cells.append("" if found.empty else _cell(*found.iloc[0][["mean", "std", "n"]]))
+            cells.append("" if found.empty else percent_cell(*found.iloc[0][["mean", "std", "n"]]))
         rows.append(cells)
     header = [f"{metric_title(metric)} (%)", *(title for title, _ in columns)]
     return markdown_table(rows, header)
@@ -147,7 +136,7 @@ def markdown(frame: pd.DataFrame) -> str:
                 row = [f"{100 * amount:.0f}" if perturbation == "missing" else f"{amount:g}"]
                 for model in models:
                     r = cells.get((model, amount))
-                    row.append("" if r is None else _cell(r.mean, r.std, r.n))
+                    row.append("" if r is None else percent_cell(r.mean, r.std, r.n))
                 rows.append(row)
             header = [AMOUNT_TITLES[perturbation], *(model_title(m) for m in models)]
             lines += [

@@ -17,7 +17,7 @@ import pandas as pd
 from rlrt.engine.files import atomic_write_bytes, atomic_write_text
 from rlrt.reports.names import metric_title, setting_title
 from rlrt.reports.plots import _pyplot, figure_png, model_colors
-from rlrt.reports.tables import markdown_table
+from rlrt.reports.tables import markdown_table, percent_cell, spread
 
 COLUMNS = [
     "model",
@@ -88,17 +88,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     protocol seeds. Columns: model, shared_fraction, setting, metric, mean, std, n."""
     keys = ["model", "shared_fraction", "setting", "metric"]
     per_checkpoint = frame.groupby([*keys, "train_seed"], sort=False)["value"].mean()
-    stats = (
-        per_checkpoint.groupby(level=keys, sort=False)
-        .agg(mean="mean", std="std", n="count")
-        .reset_index()
-    )
-    stats["std"] = stats["std"].fillna(0.0)
-    return stats
-
-
-def _cell(mean: float, std: float, n: int) -> str:
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+    return spread(per_checkpoint.groupby(level=keys, sort=False))
 
 
 def _lookup(stats: pd.DataFrame) -> dict[tuple, pd.Series]:
@@ -162,7 +152,7 @@ def markdown(frame: pd.DataFrame, *, expected_cells: int | None = None, notes: s
                 row = [model_title(model)]
                 for f in fractions:
                     r = cells.get((model, f, setting, metric))
-                    row.append("" if r is None else _cell(r.mean, r.std, r.n))
+                    row.append("" if r is None else percent_cell(r.mean, r.std, r.n))
                 if any(row[1:]):
                     rows.append(row)
             if rows:

@@ -26,6 +26,19 @@ def cell_text(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
+def spread(grouped: pd.core.groupby.SeriesGroupBy) -> pd.DataFrame:
+    """Columns `mean`, `std` (0 for a group of one value) and `n` of each group of `grouped`
+    (a grouped Series of values), with the group keys as columns."""
+    stats = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    stats["std"] = stats["std"].fillna(0.0)
+    return stats
+
+
+def percent_cell(mean: float, std: float, n: int) -> str:
+    """A fraction's `mean ± std` over `n` values as a cell in %: `61.2 ± 0.4`, or `61.2` for n=1."""
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}"
+
+
 def _rows(
     rows: pd.DataFrame | Iterable[Mapping[str, Any] | Sequence[Any]], header: Sequence[str] | None
 ) -> tuple[list[str], list[list[Any]]]:
