@@ -35,8 +35,6 @@ from .reasons import json_error, not_a_file, os_reason, short_repr
 from .records import Rejected, SampleRecord
 from .text_limits import MAX_TEXT_CHARS
 
-PAIR_KEYS = ("image", "text", "id")
-
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """(line number, row dict) per row of a `.jsonl` or `.csv` file, or (line, error) for a row

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from data_modules.images import load_image
@@ -44,15 +43,6 @@ class TextRowsDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = int(self.rows[index])
         return {"row": row, "text": self.texts[row]}
-
-
-def collate_rows(items: list[dict[str, Any]]) -> dict[str, Any]:
-    batch: dict[str, Any] = {"row": torch.tensor([i["row"] for i in items], dtype=torch.int64)}
-    if "image" in items[0]:
-        batch["image"] = torch.stack([i["image"] for i in items])
-    else:
-        batch["text"] = [i["text"] for i in items]
-    return batch
 
 
 @dataclass

@@ -31,7 +31,6 @@ KERNEL_ENV = {
     "AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
 SETTINGS = ("complete", "missing_image", "missing_text")
-METRICS = ("f1_macro", "f1_micro", "cca_corr")
 
 
 def run_one(kernels: str, seed: int, workdir: Path) -> dict:
