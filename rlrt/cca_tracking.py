@@ -9,9 +9,10 @@ an evaluation epoch reports.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from rlrt.alignment import FitMoments, noise_floor
 from rlrt.losses import RunningCCALoss
@@ -19,33 +20,32 @@ from rlrt.metrics import HeldOutCorrelation
 
 
 class CCAParts(NamedTuple):
-    """The modules a model with MoLT keeps for the alignment (`cca` None with `beta = 0`)."""
+    """The modules a model keeps for the alignment (`cca` None with `beta = 0`, all None
+    without MoLT: nothing to align)."""
 
     cca: RunningCCALoss | None
-    val_alignment: HeldOutCorrelation
-    test_alignment: HeldOutCorrelation
-    fit_moments: FitMoments
+    val_alignment: HeldOutCorrelation | None
+    test_alignment: HeldOutCorrelation | None
+    fit_moments: FitMoments | None
 
 
-def build_cca_parts(
-    *,
-    num_layers: int,
-    dim: int,
-    beta: float,
-    window: int,
-    r: float,
-    top_k: int | None,
-    drop_constant: bool,
-) -> CCAParts:
+def build_cca_parts(molt: nn.ModuleList | None, hparams: Mapping[str, Any]) -> CCAParts:
     """The training loss (with `beta != 0`), the held-out correlation of each split (measured
-    whether or not the loss is on: `no_cca` is compared on it) and the training features'
-    sums, for `num_layers` layer pairs of width `dim`."""
+    whether or not the loss is on: `no_cca` is compared on it) and the training features' sums,
+    for the layer pairs of `molt` (one MoLT each, width `common_dim`), from RLRT's `hparams`
+    (`beta`, `common_dim`, `cca_window`, `cca_reg`, `cca_top_k`, `cca_drop_constant`); all None
+    for a model without MoLT (`molt` None)."""
+    if molt is None:
+        return CCAParts(None, None, None, None)
+    num_layers = len(molt)
+    dim, r, top_k = hparams["common_dim"], hparams["cca_reg"], hparams["cca_top_k"]
+    drop_constant = hparams["cca_drop_constant"]
     cca = None
-    if beta != 0:
+    if hparams["beta"] != 0:
         cca = RunningCCALoss(
             num_layers=num_layers,
             dim=dim,
-            window=window,
+            window=hparams["cca_window"],
             r=r,
             top_k=top_k,
             drop_constant=drop_constant,

@@ -70,12 +70,13 @@ def check_checkpoint(
     checkpoint: Mapping[str, Any],
     ours: Mapping[str, Any],
     identity: Mapping[str, Any],
-    source: str,
+    trainer: Any,
 ) -> None:
     """Refuse a corrupted `checkpoint`, one of other classes or another head than the
     hyperparameters `ours` describe, and one trained on other encoders than `identity`'s.
 
-    `source` names the checkpoint in the message about other classes."""
+    `trainer` (or None) names the checkpoint's path in the message about other classes."""
+    source = f"checkpoint {getattr(trainer, 'ckpt_path', None) or ''}".rstrip()
     verify_digest(checkpoint)
     saved_hparams = {"fusion": FUSION_BEFORE_THE_SWITCH, **checkpoint.get("hyper_parameters", {})}
     check_same(

@@ -23,6 +23,12 @@ def make_metrics(task: str, num_classes: int) -> MetricCollection:
     return MetricCollection({"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")})
 
 
+def stage_metrics(task: str, num_classes: int) -> tuple[MetricCollection, MetricCollection]:
+    """The task's metrics of the validation and the test split (`val/...`, `test/...`)."""
+    metrics = make_metrics(task, num_classes)
+    return metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
+
+
 def is_reported(name: str) -> bool:
     """Whether a metric (stage prefix removed) belongs in result tables: the task's scores,
     `cca_corr` and its `cca_corr_noise_floor`, not the losses nor the per-layer correlations

@@ -1,8 +1,30 @@
-"""The LightningModule: frozen encoders -> MoLT -> (L_CCA, FBP -> fusion -> classifier)."""
+"""The LightningModule: frozen encoders -> MoLT -> (L_CCA, FBP -> fusion -> classifier).
+
+For each of the `L_s` tapped layer pairs, MoLT maps both modalities into a common space of
+width `common_dim` and gives `h_i, h_t (B, d_c)`; `L_CCA` correlates them; FBP turns them into
+a robust representation `z_l (B, d_c / s)`; the fusion head combines the `z_l` with the
+encoders' own embeddings into logits. Loss: `L_task + beta * L_CCA`.
+
+`L_CCA` is computed on the samples that have both modalities (a dummy input's vector says
+nothing about the pair), with covariances carried across steps over `cca_window` samples
+(`RunningCCALoss`), and only while training. Validation and test report the held-out
+alignment instead: `cca_corr`, out of sample: the canonical directions of `h_i`, `h_t` fitted
+on the training epoch's features (`FitMoments`, kept in the checkpoint) and scored on the
+whole split, the mean (top-k mean) correlation per layer pair (`cca_corr_layer{l}`) and
+averaged, with `cca_corr_noise_floor` beside it (what independent noise of the same sizes
+reaches, `rlrt.alignment.noise_floor`); `{stage}/loss` there is the task loss.
+
+With `use_robust=False` and `beta=0` (the late-fusion, image-only and text-only baselines)
+MoLT is not built and not run: nothing of the robust path is left without a gradient.
+
+`RLRT` composes and calls: `rlrt.batch_features` (a batch's `Features`, online or cached, the
+missing modalities replaced), `rlrt.modules.head` (the head built from the hyperparameters, the
+robust path), `rlrt.cca_tracking` (the parts and the epoch log of `L_CCA` and `cca_corr`),
+`rlrt.identity` (which checkpoints and feature caches fit it), `rlrt.schedule` (the learning rate).
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,29 +49,17 @@ from rlrt.identity import (
     fill_unsaved_state,
     prepare_for_saving,
 )
-from rlrt.losses import check_cca_window
-from rlrt.metrics import make_metrics
-from rlrt.missing import Strategy, check_strategy, present_flags
-from rlrt.modules import FactorizedBilinearPooling, FusionHead, ModalityLatentTranslation
+from rlrt.metrics import stage_metrics
+from rlrt.missing import FLAGS, Strategy, check_strategy, present_flags
+from rlrt.modules.head import build_head, check_arguments, robust_path
 from rlrt.running_log import RunningCorrelationLog
+from rlrt.schedule import adamw_warmup_cosine
 
 
 class RLRT(LightningModule):
     """Robust latent representation tuning on two frozen encoders.
 
-    For each of the `L_s` tapped layer pairs, MoLT maps both modalities into a common space of
-    width `common_dim` and gives `h_i, h_t (B, d_c)`; `L_CCA` correlates them; FBP turns them into
-    a robust representation `z_l (B, d_c / s)`; the fusion head combines the `z_l` with the
-    encoders' own embeddings into logits. Loss: `L_task + beta * L_CCA`.
-
-    `L_CCA` is computed on the samples that have both modalities (a dummy input's vector says
-    nothing about the pair), with covariances carried across steps over `cca_window` samples
-    (`RunningCCALoss`), and only while training. Validation and test report the held-out
-    alignment instead: `cca_corr`, out of sample: the canonical directions of `h_i`, `h_t` fitted
-    on the training epoch's features (`FitMoments`, kept in the checkpoint) and scored on the
-    whole split, the mean (top-k mean) correlation per layer pair (`cca_corr_layer{l}`) and
-    averaged, with `cca_corr_noise_floor` beside it (what independent noise of the same sizes
-    reaches, `rlrt.alignment.noise_floor`); `{stage}/loss` there is the task loss.
+    How the parts fit together, and the modules it calls: this module's docstring.
 
     Args:
         image_encoder: the frozen image encoder (its weights are never checkpointed; its
@@ -97,9 +107,6 @@ class RLRT(LightningModule):
         lr: AdamW's learning rate on the trainable part (cosine schedule).
         weight_decay: AdamW's weight decay.
         warmup_fraction: fraction of the training steps spent in the linear warm-up.
-
-    With `use_robust=False` and `beta=0` (the late-fusion, image-only and text-only baselines)
-    MoLT is not built and not run: nothing of the robust path is left without a gradient.
     """
 
     def __init__(
@@ -142,18 +149,7 @@ class RLRT(LightningModule):
         self.hparams["image_encoder"] = image_encoder.config
         self.hparams["text_encoder"] = text_encoder.config
         self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-        if len(image_encoder.layer_indices) != len(text_encoder.layer_indices):
-            raise ValueError(
-                f"the image encoder taps {len(image_encoder.layer_indices)} layers and the text "
-                f"encoder {len(text_encoder.layer_indices)}: layer pairs need the same count"
-            )
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
-        check_cca_window(
-            common_dim=common_dim, window=cca_window, beta=beta, allow=cca_allow_degenerate
-        )
-        if not 0.0 <= modality_dropout <= 1.0:
-            raise ValueError(f"modality_dropout must be in [0, 1], got {modality_dropout}")
+        check_arguments(image_encoder, text_encoder, self.hparams)
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.task = task
@@ -162,54 +158,15 @@ class RLRT(LightningModule):
         self.beta = beta
         # the strategy in effect: the hparam, unless a caller (`MissingModality`) sets another
         self.missing_strategy = check_strategy(missing_strategy)
-        num_layers = len(image_encoder.layer_indices)
-        # MoLT feeds the fusion head (use_robust) and L_CCA (beta > 0); with neither it is skipped.
-        self.molt = None
-        if use_robust or beta != 0:
-            self.molt = nn.ModuleList(
-                ModalityLatentTranslation(
-                    image_dim=image_encoder.width,
-                    text_dim=text_encoder.width,
-                    common_dim=common_dim,
-                    num_heads=num_heads,
-                    cross_attention=cross_attention,
-                    dropout=dropout,
-                )
-                for _ in range(num_layers)
-            )
-        self.fbp = FactorizedBilinearPooling(window=fbp_window, bilinear=bilinear)
-        self.fusion = FusionHead(
-            num_layers=num_layers,
-            representation_dim=self.fbp.output_dim(common_dim),
-            image_embed_dim=image_encoder.embed_dim,
-            text_embed_dim=text_encoder.embed_dim,
-            num_classes=num_classes,
-            fusion_dim=fusion_dim,
-            hidden_dim=hidden_dim,
-            num_queries=num_queries,
-            mode=fusion,
-            use_robust=use_robust,
-            use_image_embedding=use_image_embedding,
-            use_text_embedding=use_text_embedding,
-            dropout=dropout,
-        )
-        self.cca = self.val_alignment = self.test_alignment = self.fit_moments = None
-        if self.molt is not None:  # `rlrt.cca_tracking`
-            self.cca, self.val_alignment, self.test_alignment, self.fit_moments = build_cca_parts(
-                num_layers=num_layers,
-                dim=common_dim,
-                beta=beta,
-                window=cca_window,
-                r=cca_reg,
-                top_k=cca_top_k,
-                drop_constant=cca_drop_constant,
-            )
+        # MoLT (None with neither `use_robust` nor `beta`), FBP, fusion (`rlrt.modules.head`)
+        self.molt, self.fbp, self.fusion = build_head(image_encoder, text_encoder, self.hparams)
+        # the loss, `cca_corr` and its training features (`rlrt.cca_tracking`)
+        parts = build_cca_parts(self.molt, self.hparams)
+        self.cca, self.val_alignment, self.test_alignment, self.fit_moments = parts
         self._running_log = RunningCorrelationLog()  # train/cca_corr_running's epoch mean
         self._noise_floors = NoiseFloors()
         self._finite_check = FiniteCheck()  # cached features, once per sample
-        metrics = make_metrics(task, num_classes)
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_metrics, self.test_metrics = stage_metrics(task, num_classes)
 
     # ---------------------------------------------------------------- encoding and forward
     def encode(self, batch: dict[str, Any]) -> Features:
@@ -221,7 +178,7 @@ class RLRT(LightningModule):
         """Put `strategy` in effect (None: back to the `missing_strategy` hparam); returns the
         strategy in effect before, for the caller to restore (`MissingModality` does)."""
         previous = self.missing_strategy
-        default = self.hparams.get("missing_strategy", "dummy")
+        default = self.hparams.missing_strategy
         self.missing_strategy = check_strategy(default if strategy is None else strategy)
         return previous
 
@@ -244,19 +201,7 @@ class RLRT(LightningModule):
         if self.molt is None:
             logits = self.fusion(None, features.image_embedding, features.text_embedding)
             return logits, None, None
-        image_vectors, text_vectors = [], []
-        for layer, molt in enumerate(self.molt):
-            h_i, h_t = molt(
-                features.image_tokens[layer],
-                features.image_mask,
-                features.text_tokens[layer],
-                features.text_mask,
-            )
-            image_vectors.append(h_i)
-            text_vectors.append(h_t)
-        h_image = torch.stack(image_vectors)  # (L_s, B, d_c)
-        h_text = torch.stack(text_vectors)
-        robust = torch.stack([self.fbp(i, t) for i, t in zip(image_vectors, text_vectors)])
+        robust, h_image, h_text = robust_path(self.molt, self.fbp, features)
         logits = self.fusion(robust, features.image_embedding, features.text_embedding)
         return logits, h_image, h_text
 
@@ -295,11 +240,9 @@ class RLRT(LightningModule):
     def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
         if len(batch["id"]) == 0:
             return None  # every sample of this batch was dropped as unreadable: nothing to learn
-        features = self.features_of(batch)
-        logits, h_image, h_text = self(features)
+        logits, h_image, h_text = self(self.features_of(batch))
         label = batch["label"]
-        image_present, text_present = present_flags(batch, logits.device)
-        both = image_present & text_present
+        both = torch.logical_and(*present_flags(batch, logits.device))  # (B,)
         task_loss = self.task_loss(logits, label)
         batch_size = logits.shape[0]
         on_step = stage == "train"
@@ -309,8 +252,6 @@ class RLRT(LightningModule):
             if self.fit_moments is not None and h_image is not None:
                 self.fit_moments.update(h_image, h_text, both)
             if self.cca is not None and self.cca.active:  # nothing to report while it fills
-                # nothing for a batch of fewer than 2 complete pairs (its loss is 0, not a 1.0
-                # correlation)
                 value = self._running_log.step(self, cca, both, batch_size)
                 if value is not None:
                     self.log("train/cca_corr_running_step", value, batch_size=batch_size)
@@ -319,23 +260,9 @@ class RLRT(LightningModule):
             alignment = self.val_alignment if stage == "val" else self.test_alignment
             if alignment is not None and h_image is not None:
                 alignment.update(h_image[:, both], h_text[:, both])
-        self.log(
-            f"{stage}/loss",
-            loss,
-            batch_size=batch_size,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=not on_step,
-        )
-        self.log(
-            f"{stage}/task_loss",
-            task_loss,
-            batch_size=batch_size,
-            on_step=on_step,
-            on_epoch=True,
-            sync_dist=not on_step,
-        )
+        logged = {"batch_size": batch_size, "on_step": on_step, "on_epoch": True}
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=not on_step, **logged)
+        self.log(f"{stage}/task_loss", task_loss, sync_dist=not on_step, **logged)
         metrics = {"val": self.val_metrics, "test": self.test_metrics}.get(stage)
         if metrics is not None:
             metrics.update(self.scores(logits), label.long())
@@ -349,10 +276,8 @@ class RLRT(LightningModule):
             return
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         floors = self._noise_floors
-        for name, value in alignment_metrics(
-            stage, alignment, self.fit_moments, floors, fitting=fitting
-        ).items():
-            self.log(name, value, sync_dist=False)
+        metrics = alignment_metrics(stage, alignment, self.fit_moments, floors, fitting=fitting)
+        self.log_dict(metrics, sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
         mean = self._running_log.compute_and_reset()
@@ -372,7 +297,7 @@ class RLRT(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if batch_idx == 0 and self.fit_moments is not None:
             self.fit_moments.reset()  # `cca_corr` fits on this epoch's training features
-        rate = self.hparams.get("modality_dropout", 0.0)
+        rate = self.hparams.modality_dropout
         if rate > 0:
             image_present, text_present = drop_modalities(*present_flags(batch), rate)
             batch = {**batch, "image_present": image_present, "text_present": text_present}
@@ -387,36 +312,17 @@ class RLRT(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """`{"id": [str], "scores": (B, C), "image_present": (B,), "text_present": (B,)}`."""
         logits, _, _ = self(self.features_of(batch))
-        image_present, text_present = present_flags(batch)
-        return {
-            "id": batch.get("id"),
-            "scores": self.scores(logits),
-            "image_present": image_present,
-            "text_present": text_present,
-        }
+        flags = dict(zip(FLAGS, present_flags(batch)))  # image_present, text_present
+        return {"id": batch.get("id"), "scores": self.scores(logits), **flags}
 
     # ---------------------------------------------------------------- optimisation
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            self.trainable_parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        """AdamW on the trainable part, warm-up then cosine decay (`rlrt.schedule`)."""
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(self.hparams.warmup_fraction * total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(total - warmup, 1)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return adamw_warmup_cosine(self.trainable_parameters(), self.hparams, total)
 
     # ---------------------------------------------------------------- checkpoints
     @classmethod
@@ -437,8 +343,7 @@ class RLRT(LightningModule):
         """Refuse a corrupted checkpoint or one trained on other encoders or with another head;
         refill the frozen weights from ours."""
         ours = {**self.hparams, "num_classes": self.num_classes, "task": self.task}
-        source = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".rstrip()
-        check_checkpoint(checkpoint, ours, self.encoder_identity(), source)
+        check_checkpoint(checkpoint, ours, self.encoder_identity(), self._trainer)
         if self._trainer is not None and self.trainer.state.fn != TrainerFn.FITTING:
             # Evaluating: the training callbacks' states (checkpointing, exact resume) have no
             # use, and Lightning would ask for those callbacks in a warning at every test.

@@ -272,6 +272,7 @@ def test_the_package_shows_its_architecture():
         "metrics",
         "missing",
         "running_log",
+        "schedule",
         "system",
         "tiny_encoders",
     }
