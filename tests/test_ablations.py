@@ -101,6 +101,7 @@ def test_wandb_logger_is_offline_without_an_account(monkeypatch, tmp_path):
     assert WandbLogger(save_dir=str(tmp_path), project="p", offline=True)._offline
 
 
+@pytest.mark.slow  # a whole grid of fits (make test-all, CI)
 def test_ablations_run_the_grid_and_collect_one_table(
     tmp_path, monkeypatch, tiny_vit_config, tiny_llama_dir
 ):

@@ -70,7 +70,10 @@ def test_fit_then_test_through_the_cli(in_tmp, tiny_vit_config, tiny_llama_dir):
     assert saved["model"]["common_dim"] == 8
 
 
-@pytest.mark.parametrize("storage", ["float16", "int8"])
+@pytest.mark.parametrize(
+    "storage",
+    ["float16", pytest.param("int8", marks=pytest.mark.slow)],  # int8: test-all, CI
+)
 def test_demo_command_writes_the_three_rows(
     storage, in_tmp, tiny_vit_config, tiny_llama_dir, capsys
 ):

@@ -12,6 +12,7 @@ from rlrt.commands.compare import run_compare
 from tests.test_cli import CONFIGS, demo_args
 
 
+@pytest.mark.slow  # variants x seeds of fits and grids (make test-all, CI)
 def test_compare_fits_each_variant_and_seed_and_pools_them(
     tmp_path, monkeypatch, tiny_vit_config, tiny_llama_dir
 ):

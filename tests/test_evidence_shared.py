@@ -65,6 +65,7 @@ def counting(monkeypatch) -> list[tuple]:
     return calls
 
 
+@pytest.mark.slow  # the study end to end, run twice (make test-all, CI)
 def test_study_fits_each_cell_once_and_resumes_a_cut_run(run_args, tmp_path, monkeypatch, capsys):
     calls = counting(monkeypatch)
     frame = study.run_shared_fraction(run_args)

@@ -134,6 +134,7 @@ def test_headline_pools_checkpoints_and_seeds_per_model_and_setting():
     assert "Checkpoints per model: RLRT: 2, late: 2" in markdown(frame)
 
 
+@pytest.mark.slow  # a fit, then the whole grid online and cached (make test-all, CI)
 def test_robustness_end_to_end(tmp_path, monkeypatch, tiny_vit_config, tiny_llama_dir):
     monkeypatch.chdir(tmp_path)
     args = demo_args(tmp_path, tiny_vit_config, tiny_llama_dir, num_movies=40)
