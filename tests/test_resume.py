@@ -97,7 +97,15 @@ def run_rlrt(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=600,
+        preexec_fn=hear_ctrl_c,
     )
+
+
+def hear_ctrl_c() -> None:
+    """In the child before it starts: SIGINT back to its default. A shell starts background jobs
+    with SIGINT ignored, which the test runner and its children inherit; Python then installs no
+    KeyboardInterrupt handler and a test's Ctrl-C would go unheard, unlike at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
