@@ -16,6 +16,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from rlrt.tiny_encoders import write_tiny_llama, write_tiny_vit_config  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tests (tiny tensors: no OpenMP spin-waiting on a busy
+    machine, which made small steps 100x slower), the previous count restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_vit_config(tmp_path_factory):
     return write_tiny_vit_config(tmp_path_factory.mktemp("vit"))

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from data_modules.fakes.labelled_file import write_labelled_example
 from rlrt.cache.lock import LOCK_NAME
@@ -35,12 +34,8 @@ SPLITS = ("train", "val", "test")
 TRAIN_SAMPLES = 28  # of the 40 demo movies
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: avoids OpenMP spin-waiting on a busy machine
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,8 @@ SCALES = [1e-6, 1.0, 1e3, 1e6, 1e12, 1e30]
 FLOAT16_MAX_SCALE = 1e4  # float16 tops out at 65504
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting on a busy machine (100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @st.composite

@@ -54,13 +54,8 @@ trainer:
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread here and in the subprocesses: same numerics, and no OpenMP spin-waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fit_args(base: Path, vit_config: Path, llama_dir: Path) -> list[str]:
