@@ -59,6 +59,14 @@ def test_the_demo_prints_its_run_beside_the_same_seed_and_kernels_and_the_range(
     assert "reference for this seed" not in unseen[1]
 
 
+def test_an_unseeded_run_is_compared_with_the_range_only():
+    rows = {name: dict(r) for name, r in RUNS[0]["metrics"].items()}
+    lines = comparison_lines(rows, {"runs": RUNS}, seed=False, capability="AVX512")
+    assert lines[-1] == "  no reference run has seed False on AVX512 kernels"
+    assert not any("reference for this seed" in line for line in lines)
+    assert comparison_lines(rows, {"runs": []}, seed=0, capability="AVX512") == []
+
+
 def test_a_finished_run_is_read_back_not_run_again(tmp_path, monkeypatch):
     folder = tmp_path / "AVX2" / "seed3"
     folder.mkdir(parents=True)

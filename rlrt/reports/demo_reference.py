@@ -62,7 +62,11 @@ def comparison_lines(
     reference run of the same seed and CPU kernels (when there is one) and the range of all
     reference runs."""
     runs = reference.get("runs", [])
-    same = [r for r in runs if r["seed"] == seed and r["cpu_capability"] == capability]
+    if not runs:
+        return []
+    # `seed_everything: false` is no seed (and False == 0 in Python): no run is this one's
+    seeded = type(seed) is int
+    same = [r for r in runs if seeded and r["seed"] == seed and r["cpu_capability"] == capability]
     kinds = sorted({r["cpu_capability"] for r in runs})
     seeds = sorted({r["seed"] for r in runs})
     lines = [
@@ -71,7 +75,7 @@ def comparison_lines(
     ]
     for setting, row in rows.items():
         mine = row.get("f1_macro")
-        summary = spread(runs, setting, "f1_macro") if runs else None
+        summary = spread(runs, setting, "f1_macro")
         if mine is None or summary is None:
             continue
         text = f"  {setting}: F1-macro {100 * mine:.2f}"
