@@ -81,6 +81,24 @@ def test_a_finished_run_is_read_back_not_run_again(tmp_path, monkeypatch):
     assert found == {**RUNS[2], "seed": 3, "kernels": "AVX2"}
 
 
+def test_a_run_cut_between_its_two_files_is_run_again(tmp_path, monkeypatch):
+    folder = tmp_path / "native" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"stale": {}}))  # metrics_runs.json missing
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        (folder / "metrics.json").write_text(json.dumps(RUNS[0]["metrics"]))
+        (folder / "metrics_runs.json").write_text(json.dumps({"cpu_capability": "AVX512"}))
+        return demo_spread.subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(demo_spread.subprocess, "run", fake_run)
+    found = demo_spread.run_one("native", 0, tmp_path)
+    assert len(commands) == 1 and "--seed_everything=0" in commands[0]
+    assert found["metrics"] == RUNS[0]["metrics"]
+
+
 def test_the_summary_table_holds_every_run_and_the_spread():
     table = demo_spread.summary_table(RUNS).splitlines()
     assert len(table) == 2 + len(RUNS) + 2

@@ -8,7 +8,7 @@ metrics to `docs/demo/reference.json` (the file `rlrt demo` compares itself with
 torch's own kernels (`ATEN_CPU_CAPABILITY`) and oneDNN's (`ONEDNN_MAX_CPU_ISA`) at AVX2, as on a
 CPU without AVX-512, which is how a machine of another CPU generation computes. One feature
 cache per kernel level (built on that level, as on that machine); each run's folder is kept
-under `--workdir`, and a run whose `metrics.json` is there is not run again, so a cut study goes
+under `--workdir`, and a run whose `metrics_runs.json` (written last) is there is not run again, so a cut study goes
 on where it stopped.
 """
 
@@ -36,7 +36,8 @@ SETTINGS = ("complete", "missing_image", "missing_text")
 def run_one(kernels: str, seed: int, workdir: Path) -> dict:
     """`rlrt demo` with `seed` under `kernels`; its `metrics_runs.json` and `metrics.json`."""
     output = workdir / kernels / f"seed{seed}"
-    if not (output / "metrics.json").is_file():
+    # `rlrt demo` writes metrics_runs.json after metrics.json: the run is finished once it exists
+    if not (output / "metrics_runs.json").is_file():
         env = {**os.environ, **KERNEL_ENV[kernels]}
         for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
             if name not in KERNEL_ENV[kernels]:
@@ -55,7 +56,7 @@ def run_one(kernels: str, seed: int, workdir: Path) -> dict:
         if done.returncode != 0:
             raise SystemExit(
                 f"demo_spread: `rlrt demo` for {kernels} kernels, seed {seed} failed "
-                f"(exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"
+                f"(exit {done.returncode}): {(done.stderr.strip().splitlines() or [''])[-1]}"
             )
     runs = json.loads((output / "metrics_runs.json").read_text())
     return {
