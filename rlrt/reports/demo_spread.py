@@ -8,8 +8,8 @@ metrics to `docs/demo/reference.json` (the file `rlrt demo` compares itself with
 torch's own kernels (`ATEN_CPU_CAPABILITY`) and oneDNN's (`ONEDNN_MAX_CPU_ISA`) at AVX2, as on a
 CPU without AVX-512, which is how a machine of another CPU generation computes. One feature
 cache per kernel level (built on that level, as on that machine); each run's folder is kept
-under `--workdir`, and a run whose `metrics_runs.json` (written last) is there is not run again, so a cut study goes
-on where it stopped.
+under `--workdir`, and a run whose `metrics_runs.json` (written last) is there is not run
+again, so a cut study goes on where it stopped.
 """
 
 from __future__ import annotations
